@@ -1,0 +1,168 @@
+"""Cross-domain losses (CDMAA §3.2): how the conditions (domains) of one victim enter its gradient.
+
+Every mode returns, per image, the gradient of that victim's loss with respect to the protected image
+and the loss itself. The conditions a mode uses are run as one stacked batch ([K*B] inputs) whenever the
+victim allows it (per-sample normalisation only), optionally in micro-batches to bound memory; the
+gradient of each chunk is taken on its own, so no graph outlives its chunk.
+
+- ``uniform``: mean of the losses of all K conditions, one backward over the stacked batch.
+- ``single``: one fixed condition (``index``).
+- ``iterative``: condition ``step mod K``.
+- ``mgda``: the K per-condition gradients combined, per image, by their min-norm point (K backwards).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from advwm.attacks.aggregators import min_norm_weights_batched
+from advwm.attacks.losses import distortion
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class VictimGradient:
+    """One victim's contribution at one iteration."""
+
+    grad: torch.Tensor  # [B,3,H,W]: d(loss_b)/d(protected image b)
+    loss: torch.Tensor  # [B]: the loss of each image under this mode
+    per_condition: dict[int, torch.Tensor]  # condition index -> [B] loss, for logging
+
+
+def stack_conditions(conditions: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.cat(list(conditions), dim=0)
+
+
+def chunks(total: int, size: int | None) -> list[slice]:
+    size = total if not size or size <= 0 else size
+    return [slice(start, min(start + size, total)) for start in range(0, total, size)]
+
+
+@torch.no_grad()
+def clean_outputs(victim: torch.nn.Module, x: torch.Tensor, conditions: Sequence[torch.Tensor],
+                  micro_batch: int | None) -> list[torch.Tensor]:
+    """G(x, c_k) for every condition, computed once per batch (the fixed targets of the distortion)."""
+    batch = x.shape[0]
+    inputs = x.repeat(len(conditions), 1, 1, 1)
+    stacked = stack_conditions(conditions)
+    outputs = torch.cat([victim(inputs[s], stacked[s]) for s in chunks(inputs.shape[0], micro_batch)])
+    return list(outputs.split(batch))
+
+
+def stacked_gradients(
+    victim: torch.nn.Module,
+    protected: torch.Tensor,
+    conditions: Sequence[torch.Tensor],
+    targets: Sequence[torch.Tensor],
+    micro_batch: int | None,
+    transform: Transform | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-condition, per-image gradients [K,B,3,H,W] and losses [K,B] of the distortion.
+
+    `micro_batch` bounds how many (image, condition) pairs run through the victim at once; a victim that
+    cannot mix conditions in one batch is given micro_batch = B by the caller.
+    """
+    k, batch = len(conditions), protected.shape[0]
+    inputs = protected.detach().repeat(k, 1, 1, 1)
+    stacked_conditions = stack_conditions(conditions)
+    stacked_targets = torch.cat(list(targets), dim=0)
+    grads = torch.empty_like(inputs)
+    losses = torch.empty(inputs.shape[0], device=inputs.device, dtype=inputs.dtype)
+    for part in chunks(inputs.shape[0], micro_batch):
+        chunk = inputs[part].clone().requires_grad_(True)
+        fed = transform(chunk) if transform is not None else chunk
+        with torch.enable_grad():
+            loss = distortion(victim(fed, stacked_conditions[part]), stacked_targets[part])
+            (grad,) = torch.autograd.grad(loss.sum(), chunk)
+        grads[part] = grad
+        losses[part] = loss.detach()
+    return grads.view(k, batch, *protected.shape[1:]), losses.view(k, batch)
+
+
+class CrossDomain:
+    """Base: which conditions a step uses and how their gradients combine."""
+
+    name = "base"
+
+    def selected(self, step: int, num_conditions: int) -> list[int]:
+        return list(range(num_conditions))
+
+    def combine(self, grads: torch.Tensor, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[K,B,...] gradients and [K,B] losses of the selected conditions -> [B,...], [B]."""
+        return grads.mean(dim=0), losses.mean(dim=0)
+
+    def gradient(
+        self,
+        victim: torch.nn.Module,
+        protected: torch.Tensor,
+        conditions: Sequence[torch.Tensor],
+        targets: Sequence[torch.Tensor],
+        step: int,
+        micro_batch: int | None = None,
+        transform: Transform | None = None,
+    ) -> VictimGradient:
+        chosen = self.selected(step, len(conditions))
+        grads, losses = stacked_gradients(victim, protected, [conditions[i] for i in chosen],
+                                          [targets[i] for i in chosen], micro_batch, transform)
+        grad, loss = self.combine(grads, losses)
+        return VictimGradient(grad=grad, loss=loss, per_condition=dict(zip(chosen, losses, strict=True)))
+
+
+class UniformDomains(CrossDomain):
+    """Mean of all conditions' losses: its gradient is the mean of their gradients (one stacked backward)."""
+
+    name = "uniform"
+
+
+class SingleDomain(CrossDomain):
+    """One fixed condition: the single-domain baseline."""
+
+    name = "single"
+
+    def __init__(self, index: int = 0) -> None:
+        self.index = index
+
+    def selected(self, step: int, num_conditions: int) -> list[int]:
+        if not 0 <= self.index < num_conditions:
+            raise ValueError(f"domains.index={self.index} but the victim has {num_conditions} conditions")
+        return [self.index]
+
+
+class IterativeDomains(CrossDomain):
+    """Condition `step mod K`: one condition per iteration, in turn."""
+
+    name = "iterative"
+
+    def selected(self, step: int, num_conditions: int) -> list[int]:
+        return [step % num_conditions]
+
+
+class MGDADomains(CrossDomain):
+    """Per image, the min-norm point of the K per-condition gradients (CDMAA's cross-domain MGDA)."""
+
+    name = "mgda"
+
+    def combine(self, grads: torch.Tensor, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k, batch = grads.shape[:2]
+        per_image = grads.transpose(0, 1).reshape(batch, k, -1)  # [B,K,D]
+        weights = min_norm_weights_batched(per_image).to(grads.dtype)  # [B,K]
+        combined = torch.einsum("bk,bkd->bd", weights, per_image).view(batch, *grads.shape[2:])
+        return combined, losses.mean(dim=0)
+
+
+DOMAIN_MODES: dict[str, type[CrossDomain]] = {
+    "uniform": UniformDomains,
+    "single": SingleDomain,
+    "iterative": IterativeDomains,
+    "mgda": MGDADomains,
+}
+
+
+def make_domains(name: str, **kwargs) -> CrossDomain:
+    if name not in DOMAIN_MODES:
+        raise ValueError(f"unknown cross-domain mode {name!r}; choose from {sorted(DOMAIN_MODES)}")
+    return DOMAIN_MODES[name](**kwargs)

@@ -1,0 +1,81 @@
+"""Writes what a run produces besides its metrics: the watermark (tensor + picture) and image grids.
+
+On an exception (a NaN, a bad image, Ctrl-C) the perturbation crafted so far is still saved, as
+`watermark.partial.pt`, so no finished work is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from torchvision.utils import make_grid, save_image
+
+from advwm.data.transforms import to_unit_range
+
+log = logging.getLogger(__name__)
+
+
+def watermark_picture(delta: torch.Tensor, eps: float) -> torch.Tensor:
+    """[-eps, eps] -> [0, 1], i.e. amplified to full contrast so the pattern is visible."""
+    return ((delta / max(eps, 1e-12)) + 1.0).div(2.0).clamp(0.0, 1.0)
+
+
+def comparison_grid(sample: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Rows = conditions; columns = clean | protected | fake(clean) | fake(protected), in [0, 1]."""
+    rows = []
+    for fake, fake_protected in zip(sample["fake"], sample["fake_protected"], strict=True):
+        rows.extend([sample["clean"], sample["protected"], fake, fake_protected])
+    return make_grid(to_unit_range(torch.stack(rows)), nrow=4, padding=2, pad_value=1.0)
+
+
+class WatermarkExport(Callback):
+    """Saves `watermark.pt` (+ `.png`) and, via `save_grids`, `images/<victim>.png` into `output_dir`."""
+
+    def __init__(self, output_dir: str | Path) -> None:
+        self.output_dir = Path(output_dir)
+        self.per_image: list[torch.Tensor] = []
+        self.names: list[str] = []
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        if pl_module.scope == "per_image" and pl_module.last_batch is not None:
+            self.per_image.append(pl_module.watermark())
+            self.names.extend(list(pl_module.last_batch["name"]))
+
+    def payload(self, module: LightningModule) -> torch.Tensor | dict:
+        if module.scope == "universal":
+            return module.watermark()
+        stacked = torch.cat(self.per_image) if self.per_image else torch.empty(0, 3, 0, 0)
+        return {"perturbations": stacked, "names": list(self.names)}
+
+    def save(self, module: LightningModule, name: str = "watermark") -> Path:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        path = self.output_dir / f"{name}.pt"
+        payload = self.payload(module)
+        torch.save(payload, path)
+        picture = payload if isinstance(payload, torch.Tensor) else payload["perturbations"][:16]
+        if picture.numel():
+            grid = watermark_picture(picture, module.eps)
+            save_image(grid if grid.dim() == 3 else make_grid(grid, nrow=4), self.output_dir / f"{name}.png")
+        return path
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.save(pl_module)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        if trainer.is_global_zero:
+            path = self.save(pl_module, "watermark.partial")
+            log.error("run stopped (%s); the watermark crafted so far is in %s", type(exception).__name__, path)
+
+    def save_grids(self, samples: dict[str, dict[str, torch.Tensor]]) -> list[Path]:
+        folder = self.output_dir / "images"
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for victim, sample in samples.items():
+            path = folder / f"{victim}.png"
+            save_image(comparison_grid(sample), path)
+            paths.append(path)
+        return paths

@@ -1,0 +1,17 @@
+"""Face data modules: CelebA (official layout), any image folder, and the bundled demo faces."""
+
+from advwm.data.base import FaceDataModule, FaceDataset, FaceItem, NoImagesError, RepeatedBatchSampler
+from advwm.data.celeba import CelebADataModule
+from advwm.data.demo import DemoDataModule
+from advwm.data.folder import ImageFolderDataModule
+
+__all__ = [
+    "CelebADataModule",
+    "DemoDataModule",
+    "FaceDataModule",
+    "FaceDataset",
+    "FaceItem",
+    "ImageFolderDataModule",
+    "NoImagesError",
+    "RepeatedBatchSampler",
+]

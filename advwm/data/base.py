@@ -1,0 +1,169 @@
+"""What every face data module shares: the sample format, the repeated-batch sampler, the two splits.
+
+A sample is a dict: ``image`` [3,H,W] in [-1,1], ``labels`` [40] CelebA 0/1 labels, ``index`` (position
+in its split) and ``name`` (file name or id). The crafting split is served in batches that repeat
+``repeats`` times in a row, so one Lightning training step is exactly one attack iteration on one batch
+and the progress bar counts iterations.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from lightning.pytorch import LightningDataModule
+from PIL import Image
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler
+
+from advwm.data.transforms import preprocess
+
+log = logging.getLogger(__name__)
+
+
+class NoImagesError(RuntimeError):
+    """A data source has no readable image: nothing to craft on."""
+
+
+@dataclass
+class FaceItem:
+    """One face: where its pixels come from, how to crop it, and its labels."""
+
+    name: str
+    labels: torch.Tensor
+    path: str | None = None
+    box: Sequence[int] | None = None
+    center_crop: int | None = None
+    mirror: bool = False
+    opener: Callable[[], Image.Image] | None = field(default=None, repr=False)
+
+    def open(self) -> Image.Image:
+        """The raw PIL image (from the file, or from a package's bundled array)."""
+        if self.opener is not None:
+            return self.opener()
+        assert self.path is not None
+        with Image.open(self.path) as image:
+            image.load()
+            return image.convert("RGB")
+
+
+def readable(items: Sequence[FaceItem], source: str) -> tuple[list[FaceItem], list[str]]:
+    """Keep the items whose image decodes; warn about each unreadable one (named) and return them too."""
+    kept: list[FaceItem] = []
+    skipped: list[str] = []
+    for item in items:
+        try:
+            item.open()
+        except Exception as error:  # PIL raises many types for corrupt or non-image files
+            log.warning("skipping unreadable image %s (%s: %s)", item.path or item.name, type(error).__name__,
+                        str(error).splitlines()[0] if str(error) else "")
+            skipped.append(item.path or item.name)
+        else:
+            kept.append(item)
+    if skipped:
+        log.warning("%s: skipped %d unreadable image(s) of %d", source, len(skipped), len(items))
+    return kept, skipped
+
+
+class FaceDataset(Dataset):
+    """Faces preprocessed to the victims' size, as sample dicts."""
+
+    def __init__(self, items: Sequence[FaceItem], image_size: int) -> None:
+        self.items = list(items)
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.items[index]
+        try:
+            image = item.open()
+        except Exception as error:
+            raise RuntimeError(f"cannot read image {item.path or item.name}: {error}") from error
+        tensor = preprocess(image, self.image_size, center_crop=item.center_crop, box=item.box)
+        if item.mirror:  # after cropping, so the crop box keeps framing the same face
+            tensor = tensor.flip(-1)
+        return {"image": tensor, "labels": item.labels.clone(), "index": index, "name": item.name}
+
+
+class RepeatedBatchSampler(Sampler[list[int]]):
+    """Yields every batch of `batch_sampler` `repeats` times in a row (one repeat = one attack iteration)."""
+
+    def __init__(self, batch_sampler: Sampler[list[int]], repeats: int) -> None:
+        if repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {repeats}")
+        self.batch_sampler = batch_sampler
+        self.repeats = repeats
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batch_sampler:
+            for _ in range(self.repeats):
+                yield list(batch)
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler) * self.repeats  # type: ignore[arg-type]
+
+
+class FaceDataModule(LightningDataModule):
+    """Base class: subclasses say which faces are crafted on and which are held out for evaluation.
+
+    The crafting split is what the watermark is optimised on; the held-out split is what it is judged
+    on (for a per-image attack, the crafted images themselves are judged).
+    """
+
+    def __init__(
+        self,
+        image_size: int = 256,
+        batch_size: int = 8,
+        eval_batch_size: int = 8,
+        repeats: int = 1,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.repeats = repeats
+        self.num_workers = num_workers
+        self.craft_items: list[FaceItem] = []
+        self.eval_items: list[FaceItem] = []
+        self.skipped: list[str] = []
+        self._ready = False
+
+    def load_items(self) -> tuple[list[FaceItem], list[FaceItem]]:
+        """(crafting items, held-out items) before the readability check."""
+        raise NotImplementedError
+
+    @property
+    def source(self) -> str:
+        return type(self).__name__
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._ready:
+            return
+        craft, held_out = self.load_items()
+        self.craft_items, skipped_craft = readable(craft, self.source)
+        self.eval_items, skipped_eval = readable(held_out, self.source)
+        self.skipped = skipped_craft + skipped_eval
+        if not self.craft_items:
+            raise NoImagesError(f"{self.source}: no readable image to craft on"
+                                f" ({len(craft)} candidate(s), {len(skipped_craft)} unreadable)")
+        if not self.eval_items:
+            log.warning("%s: no held-out image; evaluating on the crafting images", self.source)
+            self.eval_items = list(self.craft_items)
+        self._ready = True
+
+    def train_dataloader(self) -> DataLoader:
+        batches = BatchSampler(SequentialSampler(range(len(self.craft_items))), self.batch_size, drop_last=False)
+        return DataLoader(
+            FaceDataset(self.craft_items, self.image_size),
+            batch_sampler=RepeatedBatchSampler(batches, self.repeats),
+            num_workers=self.num_workers,
+        )
+
+    def eval_dataloader(self) -> DataLoader:
+        """The held-out faces, each once, in order."""
+        return DataLoader(FaceDataset(self.eval_items, self.image_size), batch_size=self.eval_batch_size,
+                          shuffle=False, num_workers=self.num_workers)

@@ -1,0 +1,191 @@
+"""`craft(cfg)`: one run from a composed Hydra config to saved outputs and the sweep objective.
+
+Order matters for failing fast: victims (and their checkpoints) are resolved before any data is read
+or any gradient is computed, so a missing or wrong file stops the run in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+from omegaconf import DictConfig, OmegaConf
+
+from advwm.attacks.aggregators import make_aggregator
+from advwm.attacks.domains import make_domains
+from advwm.attacks.module import AttackSettings, WatermarkAttack
+from advwm.attacks.regularizers import make_regularizer
+from advwm.callbacks import EvaluationCallback, WatermarkExport
+from advwm.victims import CheckpointNotFoundError, Victim, build_victim, get_spec
+
+log = logging.getLogger(__name__)
+
+WEIGHT_MODES = ("checkpoint", "random", "auto")
+RANDOM_WEIGHTS_NOTE = ("victims {names} are RANDOMLY INITIALISED (no official checkpoint): the numbers show "
+                       "the machinery, not protection against the real models")
+
+
+class ConfigError(ValueError):
+    """The composed config asks for something advwm cannot do; the message says what to change."""
+
+
+@dataclass
+class ResolvedVictim:
+    victim: Victim
+    weights: str  # "official" or "random"
+    checkpoint: str | None
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def resolve_weights(name: str, entry: DictConfig) -> tuple[str | None, str]:
+    """(checkpoint path or None, "official" | "random") for one victim, by its `weights` mode."""
+    mode = str(entry.get("weights", "checkpoint"))
+    if mode not in WEIGHT_MODES:
+        raise ConfigError(f"victims.{name}.weights must be one of {WEIGHT_MODES}, got {mode!r}")
+    path = entry.get("checkpoint")
+    if mode == "random":
+        return None, "random"
+    exists = path is not None and Path(str(path)).expanduser().is_file()
+    if exists:
+        return str(Path(str(path)).expanduser()), "official"
+    if mode == "auto":
+        log.warning("victim %s: no checkpoint at %s, using RANDOM weights (demo fallback)", name, path)
+        return None, "random"
+    spec = get_spec(name)
+    raise CheckpointNotFoundError(
+        f"victim {name}: checkpoint {path} not found. {spec.source} Then pass "
+        f"victims.{name}.checkpoint=/path/to/{spec.checkpoint_file} (or place it there), or use "
+        f"victims.{name}.weights=random for a smoke run."
+    )
+
+
+def build_victims(cfg: DictConfig) -> list[ResolvedVictim]:
+    """Every chosen victim, with its checkpoint resolved and loaded (fails before any other work)."""
+    chosen = cfg.get("victims")
+    if not chosen:
+        raise ConfigError("no victim chosen: add e.g. +victims=[stargan,attgan] (see README, 'Victims')")
+    resolved = []
+    for name, entry in chosen.items():
+        checkpoint, weights = resolve_weights(str(name), entry)
+        victim = build_victim(str(name), checkpoint=checkpoint, arch=_plain(entry.get("arch")) or {},
+                              image_size=int(cfg.image_size), **(_plain(entry.get("options")) or {}))
+        resolved.append(ResolvedVictim(victim, weights, checkpoint))
+        log.info("victim %s: %s weights%s, %d conditions", name, weights,
+                 f" from {checkpoint}" if checkpoint else "", len(victim.condition_names))
+    return resolved
+
+
+def build_module(cfg: DictConfig, victims: list[Victim]) -> WatermarkAttack:
+    aggregator_cfg = dict(_plain(cfg.aggregator))
+    aggregator = make_aggregator(aggregator_cfg.pop("name"), **aggregator_cfg)
+    domains_cfg = dict(_plain(cfg.domains))
+    domains = make_domains(domains_cfg.pop("name"), **domains_cfg)
+    regularizer_cfg = dict(_plain(cfg.regularizer))
+    regularizer = make_regularizer(regularizer_cfg.pop("name"), **regularizer_cfg)
+    attack_cfg = _plain(cfg.attack)
+    if attack_cfg["name"] == "apgd" and aggregator_cfg.get("variant") is not None:
+        raise ConfigError("APGD cannot drive CMUA fusion: choose aggregator=uniform|mgda|iterative|single")
+    settings = AttackSettings(name=attack_cfg["name"], step_size=float(attack_cfg["step_size"]),
+                              options=dict(attack_cfg.get("options") or {}),
+                              diversity_prob=float(attack_cfg.get("diversity_prob", 0.0)),
+                              diversity_resize_rate=float(attack_cfg.get("diversity_resize_rate", 1.1)))
+    return WatermarkAttack(
+        victims,
+        aggregator=aggregator,
+        domains=domains,
+        regularizer=regularizer,
+        attack=settings,
+        scope=str(cfg.scope.name),
+        eps=float(cfg.eps),
+        iterations=int(cfg.attack.iterations),
+        image_size=int(cfg.image_size),
+        batch_size=int(cfg.data.batch_size),
+        step_scales={str(n): float(e.get("step_scale", 1.0)) for n, e in cfg.victims.items()},
+        micro_batches={str(n): e.get("micro_batch") for n, e in cfg.victims.items()},
+        batch_reduction=str(cfg.scope.get("batch_reduction", "sign_mean")),
+    )
+
+
+def build_datamodule(cfg: DictConfig, repeats: int):
+    return hydra.utils.instantiate(cfg.data, repeats=repeats, _convert_="all")
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    return [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+
+
+def metrics_table(metrics: dict[str, Any]) -> str:
+    """A two-column text table of the final values, for the terminal."""
+    width = max(len(k) for k in metrics) if metrics else 10
+    lines = [f"{'metric'.ljust(width)}  value", f"{'-' * width}  -----"]
+    for key, value in metrics.items():
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        lines.append(f"{key.ljust(width)}  {shown}")
+    return "\n".join(lines)
+
+
+def craft(cfg: DictConfig) -> dict[str, Any]:
+    """Craft, judge and save one watermark; returns the flat metrics (also written to metrics.json)."""
+    started = time.perf_counter()
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    pl.seed_everything(int(cfg.seed), workers=True)
+
+    resolved = build_victims(cfg)
+    random_names = [r.victim.name for r in resolved if r.weights == "random"]
+    if random_names:
+        log.warning(RANDOM_WEIGHTS_NOTE.format(names=", ".join(random_names)))
+    module = build_module(cfg, [r.victim for r in resolved])
+    repeats = 1 if module.reference_fusion else int(cfg.attack.iterations)
+    datamodule = build_datamodule(cfg, repeats)
+
+    evaluation = EvaluationCallback()
+    export = WatermarkExport(output_dir)
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[evaluation, export],
+                                                  logger=build_loggers(cfg), enable_checkpointing=False)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+
+    metrics: dict[str, Any] = evaluation.results(module)
+    grids = export.save_grids(evaluation.samples)
+    steps = int(module.iteration)
+    metrics.update({
+        "eps": float(cfg.eps),
+        "steps": steps,
+        "seconds": round(time.perf_counter() - started, 2),
+        "data/craft_images": len(datamodule.craft_items),
+        "data/held_out_images": len(datamodule.eval_items),
+        "data/skipped_images": len(datamodule.skipped),
+    })
+    for r in resolved:
+        metrics[f"weights/{r.victim.name}"] = r.weights
+    if random_names:
+        metrics["note"] = RANDOM_WEIGHTS_NOTE.format(names=", ".join(random_names))
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    for logger in trainer.loggers:
+        logger.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float)}, step=steps)
+        logger.save()
+
+    print("\n" + metrics_table(metrics))
+    print(f"\noutputs: {output_dir}  (watermark.pt, watermark.png, metrics.json, images/: {len(grids)} grid(s))")
+    if random_names:
+        print("NOTE: " + metrics["note"])
+    return metrics
+
+
+def objective(cfg: DictConfig, metrics: dict[str, Any]) -> float:
+    """The number a sweep optimises (config key `objective`, default sr_mask/mean)."""
+    key = str(cfg.get("objective", "sr_mask/mean"))
+    if key not in metrics:
+        raise ConfigError(f"objective {key!r} is not among the metrics: {sorted(metrics)}")
+    return float(metrics[key])
+

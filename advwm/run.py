@@ -1,0 +1,32 @@
+"""Entry point: `python -m advwm.run +victims=[stargan,attgan] aggregator=mgda` (see conf/config.yaml)."""
+
+from __future__ import annotations
+
+import logging
+
+import hydra
+from omegaconf import DictConfig
+
+from advwm.attacks.module import NonFiniteLossError
+from advwm.data import NoImagesError
+from advwm.pipeline import ConfigError, craft, objective
+from advwm.victims import CheckpointError, CheckpointNotFoundError
+
+# Errors whose message already says what is wrong and what to do: shown as one line, no traceback.
+USER_ERRORS = (ConfigError, CheckpointError, CheckpointNotFoundError, NoImagesError, NonFiniteLossError)
+
+log = logging.getLogger("advwm")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    """Craft, judge and save a watermark; return the sweep objective (mean SR_mask over victims)."""
+    try:
+        return objective(cfg, craft(cfg))
+    except USER_ERRORS as error:
+        log.error("%s", error)
+        raise SystemExit(f"error: {error}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""End to end: `python -m advwm.run` on the demo faces with small random victims, and its failure modes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+
+from advwm.pipeline import craft
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = [
+    "image_size=32",
+    "victims.stargan.arch.conv_dim=8",
+    "victims.stargan.arch.repeat_num=2",
+    "victims.attgan.arch.enc_dim=8",
+    "victims.attgan.arch.dec_dim=8",
+    "victims.attgan.arch.enc_layers=3",
+    "victims.attgan.arch.dec_layers=3",
+]
+
+
+def run_cli(args: list[str], timeout: int = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([sys.executable, "-m", "advwm.run", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def compose_run(tmp_path: Path, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)
+    return cfg
+
+
+@pytest.mark.slow
+def test_cli_demo_with_small_random_victims_writes_every_output(tmp_path: Path) -> None:
+    start = time.perf_counter()
+    result = run_cli(["experiment=demo", "weights=random", "attack.iterations=2", *SMALL,
+                      f"hydra.run.dir={tmp_path}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert time.perf_counter() - start < 60
+    for name in ("config.yaml", "watermark.pt", "watermark.png", "metrics.json", "csv/metrics.csv",
+                 "images/stargan.png", "images/attgan.png", "demo.log"):
+        assert (tmp_path / name).is_file(), name
+    watermark = torch.load(tmp_path / "watermark.pt", weights_only=True)
+    assert watermark.shape == (3, 32, 32)
+    assert watermark.abs().max() <= 0.05 + 1e-6 and watermark.abs().max() > 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("sr_mask/stargan", "sr_mask/attgan", "sr_mask/mean", "sr_mask/stargan/Blond_Hair",
+                "sr_mask/attgan/Eyeglasses", "l2_mask/stargan", "empty_mask/attgan", "eps", "steps", "seconds"):
+        assert key in metrics, key
+    assert metrics["steps"] == 2 and metrics["eps"] == 0.05
+    assert metrics["judged/stargan"] == 2 * 5 and metrics["judged/attgan"] == 2 * 14
+    assert metrics["weights/stargan"] == "random" and "RANDOMLY INITIALISED" in metrics["note"]
+    assert "RANDOMLY INITIALISED" in result.stdout and "RANDOMLY INITIALISED" in (tmp_path / "demo.log").read_text()
+    assert "sr_mask/mean" in result.stdout and str(tmp_path) in result.stdout
+    assert metrics["sr_mask/mean"] == pytest.approx((metrics["sr_mask/stargan"] + metrics["sr_mask/attgan"]) / 2)
+
+
+@pytest.mark.slow
+def test_missing_checkpoint_stops_before_any_work_and_says_where_to_get_it(tmp_path: Path) -> None:
+    result = run_cli(["+victims=[stargan]", "victims.stargan.checkpoint=/nonexistent/200000-G.ckpt",
+                      f"hydra.run.dir={tmp_path}"])
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: victim stargan: checkpoint /nonexistent/200000-G.ckpt not found")
+    assert "yunjey/stargan" in last and "weights=random" in last
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "watermark.pt").exists()
+
+
+@pytest.mark.slow
+def test_a_run_without_victims_says_how_to_choose_them(tmp_path: Path) -> None:
+    result = run_cli([f"hydra.run.dir={tmp_path}"])
+    assert result.returncode != 0
+    assert "+victims=[stargan,attgan]" in result.stderr.strip().splitlines()[-1]
+
+
+def test_demo_falls_back_to_random_but_other_runs_do_not(tmp_path: Path) -> None:
+    cfg = compose_run(tmp_path, ["experiment=demo", "paths.weights_dir=/nonexistent", *SMALL])
+    assert cfg.victims.stargan.weights == "auto"
+    cfg = compose_run(tmp_path, ["+victims=[stargan,attgan]", "paths.weights_dir=/nonexistent"])
+    assert cfg.victims.attgan.weights == "checkpoint"
+    from advwm.victims import CheckpointNotFoundError
+
+    with pytest.raises(CheckpointNotFoundError, match="victim stargan"):
+        craft(cfg)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("aggregator", ["cmua", "cmua_reference", "mgda", "uniform", "iterative", "single"])
+def test_every_aggregator_runs_universal(tmp_path: Path, aggregator: str) -> None:
+    cfg = compose_run(tmp_path, ["+victims=[stargan,attgan]", "weights=random", f"aggregator={aggregator}",
+                                 "attack.iterations=2", "data.craft=[astronaut]", "data.evaluate=[grace_hopper]",
+                                 *SMALL])
+    metrics = craft(cfg)
+    watermark = torch.load(tmp_path / "watermark.pt", weights_only=True)
+    assert watermark.shape == (3, 32, 32) and watermark.abs().max() <= 0.05 + 1e-6
+    assert 0.0 <= metrics["sr_mask/mean"] <= 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("attack", "domains", "regularizer"), [
+    ("ifgsm", "mgda", "penalty"), ("mifgsm", "iterative", "l2"), ("apgd", "single", "log"),
+    ("di2fgsm", "uniform", "none"), ("mdi2fgsm", "uniform", "penalty"), ("pgd", "mgda", "l2"),
+])
+def test_per_image_runs_keep_each_protected_image_valid(tmp_path: Path, attack: str, domains: str,
+                                                        regularizer: str) -> None:
+    cfg = compose_run(tmp_path, ["+victims=[stargan,attgan]", "weights=random", "scope=per_image",
+                                 "aggregator=mgda", f"attack={attack}", f"domains={domains}",
+                                 f"regularizer={regularizer}", "attack.iterations=3",
+                                 "data.craft=[astronaut,grace_hopper,astronaut@mirror]", *SMALL])
+    metrics = craft(cfg)
+    saved = torch.load(tmp_path / "watermark.pt", weights_only=True)
+    assert saved["perturbations"].shape == (3, 3, 32, 32)
+    assert saved["names"] == ["astronaut", "grace_hopper", "astronaut@mirror"]
+    assert saved["perturbations"].abs().max() <= 0.05 + 1e-6
+    assert metrics["judged/stargan"] == 3 * 5 and metrics["steps"] == 2 * 3

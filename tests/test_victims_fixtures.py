@@ -1,0 +1,204 @@
+"""Our victims against the reference fixtures produced by the official model code.
+
+Parametrised over the folders found under `<fixtures>/victims/`, so a new folder or manifest variant is
+picked up automatically; folders of victims not implemented yet are skipped, implemented ones never are.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import fixtures_root
+
+from advwm.victims import CELEBA_ATTRIBUTES, VICTIM_NAMES, build_victim, get_spec, load_generator
+
+ATOL = 1e-5
+WEIGHT_FILES = ("small_state_dict.pt", "small_checkpoint.pt")
+MIXUP_KEYS = ("outputs_eval_mode", "outputs_train_mode")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread() -> Iterator[None]:
+    """Tiny nets: with 2 OpenMP threads on a busy 2-core box each op waits on barriers (~100x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _victim_dirs() -> list[Path]:
+    root = fixtures_root() / "victims"
+    return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+def _victim_name(folder: Path) -> str | None:
+    """Fixture folder -> registered victim ('ugatit_light' -> 'ugatit' once that exists)."""
+    for name in (folder.name, folder.name.split("_")[0]):
+        if name in VICTIM_NAMES:
+            return name
+    return None
+
+
+def _params(per_folder: Any) -> list[Any]:
+    params = []
+    for folder in _victim_dirs():
+        if _victim_name(folder) is None:
+            skip = pytest.mark.skip(reason=f"victim for fixture folder {folder.name!r} not implemented yet")
+            params.append(pytest.param(folder, None, marks=skip, id=folder.name))
+            continue
+        params += [pytest.param(folder, item, id=f"{folder.name}-{item}") for item in per_folder(folder)]
+    if not params:
+        reason = f"no victim fixtures under {fixtures_root() / 'victims'} (set ADVWM_FIXTURES)"
+        params.append(pytest.param(None, None, marks=pytest.mark.skip(reason=reason), id="no-fixtures"))
+    return params
+
+
+def _weight_files(folder: Path) -> list[str]:
+    found = [f for f in WEIGHT_FILES if (folder / f).is_file()]
+    return found or [WEIGHT_FILES[0]]  # a folder without weights must fail, not vanish
+
+
+def _manifests(folder: Path) -> list[str]:
+    found = sorted(p.name for p in folder.glob("full_keys*.json"))
+    return found or ["full_keys.json"]
+
+
+def _load_case(folder: Path) -> dict[str, Any]:
+    path = folder / "case.pt"
+    assert path.is_file(), f"{path} missing"
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _case_victim_inputs(case: dict[str, Any]) -> tuple[torch.Tensor, list[str], dict[str, Any]]:
+    """The case's own labels, attribute names and victim options, whatever the victim calls them."""
+    labels_key = next(k for k in ("c_org", "att_a") if k in case)
+    attrs_key = next(k for k in ("selected_attrs", "attrs") if k in case)
+    options = {k: case[k] for k in ("thres_int", "test_int") if k in case}
+    return case[labels_key], list(case[attrs_key]), options
+
+
+def _celeba_labels(selected: torch.Tensor, attrs: list[str]) -> torch.Tensor:
+    """Embed selected 0/1 labels into [B, 40] CelebA labels, other columns filled with noise."""
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 2, (selected.shape[0], len(CELEBA_ATTRIBUTES)), generator=generator).float()
+    for j, name in enumerate(attrs):
+        labels[:, CELEBA_ATTRIBUTES.index(name)] = selected[:, j]
+    return labels
+
+
+def _victim(folder: Path, weights: str | None) -> tuple[Any, dict[str, Any]]:
+    name = _victim_name(folder)
+    assert name is not None
+    case = _load_case(folder)
+    _, attrs, options = _case_victim_inputs(case)
+    checkpoint = folder / weights if weights else None
+    victim = build_victim(
+        name,
+        checkpoint=checkpoint,
+        arch=case["config"],
+        image_size=case["x"].shape[-1],
+        attrs=attrs,
+        **options,
+    )
+    return victim, case
+
+
+@pytest.mark.parametrize(("folder", "weights"), _params(_weight_files))
+def test_outputs_match_reference(folder: Path, weights: str) -> None:
+    victim, case = _victim(folder, weights)
+    assert len(case["conditions"]) == victim.num_conditions
+    with torch.no_grad():
+        for i, (cond, expected) in enumerate(zip(case["conditions"], case["outputs"], strict=True)):
+            out = victim(case["x"], cond)
+            err = (out - expected).abs().max().item()
+            assert err <= ATOL, f"condition {i} ({victim.condition_names[i]}): max abs error {err:.3g}"
+
+
+@pytest.mark.parametrize(("folder", "weights"), _params(_weight_files))
+def test_stacked_conditions_match_reference(folder: Path, weights: str) -> None:
+    """One batched forward over all conditions equals the per-condition outputs (what `stackable` claims)."""
+    victim, case = _victim(folder, weights)
+    assert victim.stackable
+    k = len(case["conditions"])
+    with torch.no_grad():
+        out = victim(case["x"].repeat(k, 1, 1, 1), torch.cat(case["conditions"]))
+    err = (out - torch.cat(case["outputs"])).abs().max().item()
+    assert err <= ATOL
+
+
+@pytest.mark.parametrize(("folder", "weights"), _params(lambda folder: [WEIGHT_FILES[0]]))
+def test_conditions_from_labels_match_reference(folder: Path, weights: str) -> None:
+    victim, case = _victim(folder, weights)
+    selected, attrs, _ = _case_victim_inputs(case)
+    ours = victim.conditions(_celeba_labels(selected, attrs))
+    assert len(ours) == len(case["conditions"]) == len(victim.condition_names)
+    for i, (mine, ref) in enumerate(zip(ours, case["conditions"], strict=True)):
+        assert mine.dtype == ref.dtype
+        assert torch.equal(mine, ref), f"condition {i} ({victim.condition_names[i]}): {mine} != {ref}"
+
+
+@pytest.mark.parametrize(("folder", "weights"), _params(lambda folder: [WEIGHT_FILES[0]]))
+def test_mode_mixup_is_detected(folder: Path, weights: str) -> None:
+    """The wrong mode's reference outputs are far from ours, and the bare net in that mode reproduces them."""
+    victim, case = _victim(folder, weights)
+    mixup_key = next((k for k in MIXUP_KEYS if k in case), None)
+    if mixup_key is None:
+        pytest.skip(f"{folder.name}: no mode-dependent layers, no mix-up outputs in case.pt")
+    official = get_spec(victim.name).official_mode
+    assert case.get("forward_mode", official) == official
+    net = victim.network
+    with torch.no_grad():
+        for i, cond in enumerate(case["conditions"]):
+            ours = victim(case["x"], cond)
+            assert (ours - case[mixup_key][i]).abs().max().item() > 100 * ATOL
+        net.train(official != "train")  # the bare network, deliberately in the wrong mode
+        try:
+            for i, cond in enumerate(case["conditions"]):
+                err = (net(case["x"], cond) - case[mixup_key][i]).abs().max().item()
+                assert err <= ATOL, f"wrong-mode output {i} does not reproduce {mixup_key}: {err:.3g}"
+        finally:
+            net.train(official == "train")
+
+
+@pytest.mark.parametrize(("folder", "weights"), _params(lambda folder: [WEIGHT_FILES[0]]))
+def test_wrapper_pins_official_mode_and_freezes(folder: Path, weights: str) -> None:
+    victim, case = _victim(folder, weights)
+    official_train = get_spec(victim.name).official_mode == "train"
+    for switch in (victim.train, victim.eval, lambda: victim.train(False), victim.train):
+        switch()
+        assert victim.network.training is official_train
+        assert all(m.training is official_train for m in victim.network.modules())
+    assert not any(p.requires_grad for p in victim.parameters())
+    before = {k: v.clone() for k, v in victim.network.state_dict().items()}
+    x = case["x"].clone().requires_grad_(True)
+    victim(x, case["conditions"][-1]).square().mean().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert all(p.grad is None for p in victim.parameters())
+    after = victim.network.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "forward must not mutate buffers"
+
+
+@pytest.mark.parametrize(("folder", "manifest"), _params(_manifests))
+def test_full_size_key_manifest(folder: Path, manifest: str) -> None:
+    """Full-size state_dict keys, shapes and dtypes equal the official ones, for each config variant."""
+    name = _victim_name(folder)
+    assert name is not None
+    keys_path = folder / manifest
+    info_path = folder / manifest.replace("full_keys", "full_info", 1)
+    assert keys_path.is_file(), f"{keys_path} missing"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    config = info.get("config", {})
+    with torch.device("meta"):  # shapes only: no 170 MB allocation, no init cost
+        net = load_generator(name, **config)
+    ours = [[k, [list(t.shape), str(t.dtype).removeprefix("torch.")]] for k, t in net.state_dict().items()]
+    expected = [[k, v] for k, v in json.loads(keys_path.read_text()).items()]
+    assert ours == expected
+    if "num_parameters" in info:
+        assert sum(p.numel() for p in net.parameters()) == info["num_parameters"]
+    if "num_buffer_elements" in info:
+        assert sum(b.numel() for b in net.buffers()) == info["num_buffer_elements"]
