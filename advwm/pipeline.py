@@ -123,13 +123,21 @@ def build_loggers(cfg: DictConfig) -> list:
     return [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
 
 
-def metrics_table(metrics: dict[str, Any]) -> str:
-    """A two-column text table of the final values, for the terminal."""
-    width = max(len(k) for k in metrics) if metrics else 10
-    lines = [f"{'metric'.ljust(width)}  value", f"{'-' * width}  -----"]
-    for key, value in metrics.items():
-        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
-        lines.append(f"{key.ljust(width)}  {shown}")
+def metrics_table(metrics: dict[str, Any], victims: list[str]) -> str:
+    """The terminal summary: one row per victim (pooled over its conditions) and the mean.
+
+    Per-condition values are in metrics.json (`sr_mask/<victim>/<condition>`).
+    """
+    header = f"{'victim':<12} {'SR_mask':>8} {'L2_mask':>9} {'empty':>6} {'judged':>7}  weights"
+    lines = [header, "-" * len(header)]
+    for name in victims:
+        lines.append(f"{name:<12} {metrics.get(f'sr_mask/{name}', float('nan')):>8.3f} "
+                     f"{metrics.get(f'l2_mask/{name}', float('nan')):>9.4f} {metrics.get(f'empty_mask/{name}', 0):>6} "
+                     f"{metrics.get(f'judged/{name}', 0):>7}  {metrics.get(f'weights/{name}', '?')}")
+    lines.append(f"{'mean':<12} {metrics.get('sr_mask/mean', float('nan')):>8.3f}")
+    lines.append(f"eps {metrics['eps']}, {metrics['steps']} steps, {metrics['seconds']} s, "
+                 f"{metrics['data/craft_images']} crafting / {metrics['data/held_out_images']} judged images"
+                 + (f", {metrics['data/skipped_images']} unreadable skipped" if metrics["data/skipped_images"] else ""))
     return "\n".join(lines)
 
 
@@ -175,7 +183,7 @@ def craft(cfg: DictConfig) -> dict[str, Any]:
         logger.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float)}, step=steps)
         logger.save()
 
-    print("\n" + metrics_table(metrics))
+    print("\n" + metrics_table(metrics, [r.victim.name for r in resolved]))
     print(f"\noutputs: {output_dir}  (watermark.pt, watermark.png, metrics.json, images/: {len(grids)} grid(s))")
     if random_names:
         print("NOTE: " + metrics["note"])

@@ -1,0 +1,58 @@
+"""Tiny victims and data for engine tests, where every gradient can be written down by hand."""
+
+from __future__ import annotations
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
+
+from advwm.data import RepeatedBatchSampler
+
+
+class LinearVictim(torch.nn.Module):
+    """G(x, c) = gain * (1 + c) * x: the distortion loss is mean((gain (1+c) delta)^2), its gradient
+    with respect to the protected image p is 2 gain^2 (1+c)^2 (p - x) / N, N = 3*H*W."""
+
+    stackable = True
+
+    def __init__(self, name: str, gain: float, levels: tuple[float, ...] = (0.0, 1.0)) -> None:
+        super().__init__()
+        self.name = name
+        self.gain = torch.nn.Parameter(torch.tensor(float(gain)), requires_grad=False)
+        self.levels = levels
+        self.condition_names = [f"c{level:g}" for level in levels]
+        self.clean_calls = 0
+        self.grad_calls = 0
+
+    def conditions(self, labels: torch.Tensor) -> list[torch.Tensor]:
+        return [torch.full((labels.shape[0], 1), level) for level in self.levels]
+
+    def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            self.grad_calls += 1
+        else:
+            self.clean_calls += 1
+        return self.gain * (1 + condition.view(-1, 1, 1, 1)) * x
+
+
+class TensorFaces(LightningDataModule):
+    """Given images as the crafting split (batches repeated `repeats` times) and as the held-out split."""
+
+    def __init__(self, images: torch.Tensor, batch_size: int, repeats: int) -> None:
+        super().__init__()
+        self.images = images
+        self.batch_size = batch_size
+        self.repeats = repeats
+        self.craft_items = self.eval_items = list(range(len(images)))
+        self.skipped: list[str] = []
+
+    def _samples(self) -> list[dict]:
+        return [{"image": img, "labels": torch.zeros(40), "index": i, "name": f"img{i}"}
+                for i, img in enumerate(self.images)]
+
+    def train_dataloader(self) -> DataLoader:
+        batches = BatchSampler(SequentialSampler(range(len(self.images))), self.batch_size, drop_last=False)
+        return DataLoader(self._samples(), batch_sampler=RepeatedBatchSampler(batches, self.repeats))
+
+    def eval_dataloader(self) -> DataLoader:
+        return DataLoader(self._samples(), batch_size=self.batch_size)
