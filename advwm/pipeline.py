@@ -15,6 +15,7 @@ from typing import Any
 
 import hydra
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from advwm.attacks.aggregators import make_aggregator
@@ -159,12 +160,14 @@ def craft(cfg: DictConfig) -> dict[str, Any]:
 
     evaluation = EvaluationCallback()
     export = WatermarkExport(output_dir)
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[evaluation, export],
-                                                  logger=build_loggers(cfg), enable_checkpointing=False)
+    checkpoints = ModelCheckpoint(dirpath=output_dir / "checkpoints", save_last=True, save_top_k=0,
+                                  every_n_train_steps=int(cfg.get("checkpoint_every", 50)))
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[evaluation, export, checkpoints],
+                                                  logger=build_loggers(cfg))
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
     metrics: dict[str, Any] = evaluation.results(module)
-    grids = export.save_grids(evaluation.samples)
+    grids = export.save_grids(evaluation.samples, {r.victim.name: list(r.victim.condition_names) for r in resolved})
     steps = int(module.iteration)
     metrics.update({
         "eps": float(cfg.eps),

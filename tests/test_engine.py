@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from lightning.pytorch import Trainer
+from toys import LinearVictim, TensorFaces
 
 from advwm.attacks.aggregators import CMUAFusion, Uniform, make_aggregator
 from advwm.attacks.domains import UniformDomains, make_domains, stacked_gradients
@@ -12,7 +13,6 @@ from advwm.attacks.module import AttackSettings, WatermarkAttack
 from advwm.attacks.regularizers import make_regularizer
 from advwm.callbacks import EvaluationCallback, WatermarkExport
 from advwm.victims import build_victim
-from toys import LinearVictim, TensorFaces
 
 torch.set_num_threads(1)
 

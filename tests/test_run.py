@@ -17,15 +17,19 @@ from omegaconf import open_dict
 from advwm.pipeline import craft
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = [
-    "image_size=32",
-    "victims.stargan.arch.conv_dim=8",
-    "victims.stargan.arch.repeat_num=2",
-    "victims.attgan.arch.enc_dim=8",
-    "victims.attgan.arch.dec_dim=8",
-    "victims.attgan.arch.enc_layers=3",
-    "victims.attgan.arch.dec_layers=3",
-]
+SMALL_ARCH = {
+    "stargan": ["victims.stargan.arch.conv_dim=8", "victims.stargan.arch.repeat_num=2"],
+    "attgan": ["victims.attgan.arch.enc_dim=8", "victims.attgan.arch.dec_dim=8", "victims.attgan.arch.enc_layers=3",
+               "victims.attgan.arch.dec_layers=3"],
+}
+
+
+def small(*victims: str) -> list[str]:
+    """Overrides for 32-px runs with tiny versions of the named victims."""
+    return ["image_size=32"] + [o for v in victims for o in SMALL_ARCH[v]]
+
+
+SMALL = small("stargan", "attgan")
 
 
 def run_cli(args: list[str], timeout: int = 120) -> subprocess.CompletedProcess:
@@ -126,3 +130,62 @@ def test_per_image_runs_keep_each_protected_image_valid(tmp_path: Path, attack: 
     assert saved["names"] == ["astronaut", "grace_hopper", "astronaut@mirror"]
     assert saved["perturbations"].abs().max() <= 0.05 + 1e-6
     assert metrics["judged/stargan"] == 3 * 5 and metrics["steps"] == 2 * 3
+
+
+@pytest.mark.slow
+def test_folder_run_skips_and_counts_a_corrupt_image(tmp_path: Path) -> None:
+    from PIL import Image
+
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    for i, colour in enumerate([(200, 120, 90), (90, 120, 200), (120, 200, 90)]):
+        Image.new("RGB", (48, 60), colour).save(faces / f"face{i}.png")
+    (faces / "face9.jpg").write_bytes(b"\xff\xd8\xff truncated")
+    out = tmp_path / "run"
+    cfg = compose_run(out, ["+victims=[stargan]", "weights=random", "data=folder", f"data.root={faces}",
+                            "data.n_craft=2", "data.labels=[Male]", "attack.iterations=1", *small("stargan")])
+    metrics = craft(cfg)
+    assert metrics["data/skipped_images"] == 1
+    assert metrics["data/craft_images"] == 2 and metrics["data/held_out_images"] == 1
+    assert json.loads((out / "metrics.json").read_text())["data/skipped_images"] == 1
+
+
+def test_a_victim_that_returns_nan_stops_with_one_line_and_keeps_the_watermark(tmp_path: Path) -> None:
+    from lightning.pytorch import Trainer
+    from toys import LinearVictim, TensorFaces
+
+    from advwm.attacks.aggregators import make_aggregator
+    from advwm.attacks.domains import UniformDomains
+    from advwm.attacks.module import AttackSettings, NonFiniteLossError, WatermarkAttack
+    from advwm.attacks.regularizers import make_regularizer
+    from advwm.callbacks import WatermarkExport
+
+    victim = LinearVictim("broken", float("nan"))
+    module = WatermarkAttack([victim], aggregator=make_aggregator("uniform"), domains=UniformDomains(),
+                             regularizer=make_regularizer("none"), attack=AttackSettings("pgd", 0.01),
+                             eps=0.05, iterations=2, image_size=4, batch_size=1)
+    trainer = Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, callbacks=[WatermarkExport(tmp_path)])
+    with pytest.raises(NonFiniteLossError) as caught:
+        trainer.fit(module, datamodule=TensorFaces(torch.zeros(1, 3, 4, 4), batch_size=1, repeats=2))
+    message = str(caught.value)
+    assert "\n" not in message and "broken" in message and "iteration 0" in message
+    partial = torch.load(tmp_path / "watermark.partial.pt", weights_only=True)
+    assert partial.shape == (3, 4, 4)
+
+
+@pytest.mark.slow
+def test_resuming_from_the_last_checkpoint_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    common = ["+victims=[stargan]", "weights=random", "attack.iterations=2", "data.craft=[astronaut,grace_hopper]",
+              "data.evaluate=[grace_hopper]", "data.batch_size=1", *small("stargan")]
+    straight = craft(compose_run(tmp_path / "straight", [*common, "trainer.max_epochs=2"]))
+    craft(compose_run(tmp_path / "first", [*common, "trainer.max_epochs=1"]))
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    resumed = craft(compose_run(tmp_path / "resumed", [*common, "trainer.max_epochs=2", f"ckpt_path={last}"]))
+    assert straight["steps"] == resumed["steps"] == 8
+    a = torch.load(tmp_path / "straight" / "watermark.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "watermark.pt", weights_only=True)
+    first = torch.load(tmp_path / "first" / "watermark.pt", weights_only=True)
+    assert not torch.equal(first, b)
+    assert torch.allclose(a, b, atol=1e-6)

@@ -125,6 +125,12 @@ class WatermarkAttack(LightningModule):
             self.base_attack.initialize()
             self.started.fill_(True)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["advwm_iteration"] = self.iteration
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.iteration = int(checkpoint.get("advwm_iteration", 0))
+
     @property
     def base_attack(self) -> SignStepAttack:
         optimizer = self.optimizers()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from PIL import Image, ImageDraw
 from torchvision.utils import make_grid, save_image
 
 from advwm.data.transforms import to_unit_range
@@ -23,12 +24,28 @@ def watermark_picture(delta: torch.Tensor, eps: float) -> torch.Tensor:
     return ((delta / max(eps, 1e-12)) + 1.0).div(2.0).clamp(0.0, 1.0)
 
 
-def comparison_grid(sample: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Rows = conditions; columns = clean | protected | fake(clean) | fake(protected), in [0, 1]."""
-    rows = []
+COLUMNS = ("clean", "protected", "fake(clean)", "fake(protected)")
+
+
+def comparison_grid(sample: dict[str, torch.Tensor], condition_names: list[str] | None = None) -> Image.Image:
+    """Rows = conditions (named on the left); columns = clean | protected | fake(clean) | fake(protected)."""
+    tiles = []
     for fake, fake_protected in zip(sample["fake"], sample["fake_protected"], strict=True):
-        rows.extend([sample["clean"], sample["protected"], fake, fake_protected])
-    return make_grid(to_unit_range(torch.stack(rows)), nrow=4, padding=2, pad_value=1.0)
+        tiles.extend([sample["clean"], sample["protected"], fake, fake_protected])
+    grid = make_grid(to_unit_range(torch.stack(tiles)), nrow=4, padding=2, pad_value=1.0)
+    picture = Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype("uint8"))
+    rows = len(sample["fake"])
+    names = condition_names or [str(i) for i in range(rows)]
+    margin, header = 150, 16
+    canvas = Image.new("RGB", (picture.width + margin, picture.height + header), "white")
+    canvas.paste(picture, (margin, header))
+    draw = ImageDraw.Draw(canvas)
+    tile_w, tile_h = (picture.width - 2) / 4, (picture.height - 2) / rows
+    for col, title in enumerate(COLUMNS):
+        draw.text((margin + 4 + col * tile_w, 2), title, fill="black")
+    for row, name in enumerate(names):
+        draw.text((4, header + row * tile_h + tile_h / 2 - 5), name[:24], fill="black")
+    return canvas
 
 
 class WatermarkExport(Callback):
@@ -70,12 +87,14 @@ class WatermarkExport(Callback):
             path = self.save(pl_module, "watermark.partial")
             log.error("run stopped (%s); the watermark crafted so far is in %s", type(exception).__name__, path)
 
-    def save_grids(self, samples: dict[str, dict[str, torch.Tensor]]) -> list[Path]:
+    def save_grids(self, samples: dict[str, dict[str, torch.Tensor]],
+                   condition_names: dict[str, list[str]] | None = None) -> list[Path]:
+        """One picture per victim: `images/<victim>.png`, rows named by condition."""
         folder = self.output_dir / "images"
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
         for victim, sample in samples.items():
             path = folder / f"{victim}.png"
-            save_image(comparison_grid(sample), path)
+            comparison_grid(sample, (condition_names or {}).get(victim)).save(path)
             paths.append(path)
         return paths
