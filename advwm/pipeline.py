@@ -23,6 +23,7 @@ from advwm.attacks.domains import make_domains
 from advwm.attacks.module import AttackSettings, WatermarkAttack
 from advwm.attacks.regularizers import make_regularizer
 from advwm.callbacks import EvaluationCallback, WatermarkExport
+from advwm.loggers import build_loggers, finish, log_results
 from advwm.victims import CheckpointNotFoundError, Victim, build_victim, get_spec
 
 log = logging.getLogger(__name__)
@@ -120,10 +121,6 @@ def build_datamodule(cfg: DictConfig, repeats: int):
     return hydra.utils.instantiate(cfg.data, repeats=repeats, _convert_="all")
 
 
-def build_loggers(cfg: DictConfig) -> list:
-    return [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-
-
 def metrics_table(metrics: dict[str, Any], victims: list[str]) -> str:
     """The terminal summary: one row per victim (pooled over its conditions) and the mean.
 
@@ -182,9 +179,8 @@ def craft(cfg: DictConfig) -> dict[str, Any]:
     if random_names:
         metrics["note"] = RANDOM_WEIGHTS_NOTE.format(names=", ".join(random_names))
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    for logger in trainer.loggers:
-        logger.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float)}, step=steps)
-        logger.save()
+    log_results(trainer.loggers, metrics, steps, grids, output_dir / "watermark.png")
+    finish(trainer.loggers)
 
     print("\n" + metrics_table(metrics, [r.victim.name for r in resolved]))
     print(f"\noutputs: {output_dir}  (watermark.pt, watermark.png, metrics.json, images/: {len(grids)} grid(s))")

@@ -39,6 +39,9 @@ def run_cli(args: list[str], timeout: int = 120) -> subprocess.CompletedProcess:
 
 
 def compose_run(tmp_path: Path, overrides: list[str]):
+    """The composed config of a run writing into tmp_path (CSV logger only, unless a logger is chosen)."""
+    if not any(o.startswith("logger=") for o in overrides):
+        overrides = ["logger=csv", *overrides]
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     with open_dict(cfg):
@@ -54,8 +57,10 @@ def test_cli_demo_with_small_random_victims_writes_every_output(tmp_path: Path) 
     assert result.returncode == 0, result.stderr[-3000:]
     assert time.perf_counter() - start < 60
     for name in ("config.yaml", "watermark.pt", "watermark.png", "metrics.json", "csv/metrics.csv",
-                 "images/stargan.png", "images/attgan.png", "demo.log"):
+                 "images/stargan.png", "images/attgan.png", "demo.log", "checkpoints/last.ckpt"):
         assert (tmp_path / name).is_file(), name
+    offline_runs = list((tmp_path / "wandb").glob("offline-run-*"))  # W&B ran, offline (no login in tests)
+    assert len(offline_runs) == 1 and list(offline_runs[0].glob("run-*.wandb"))
     watermark = torch.load(tmp_path / "watermark.pt", weights_only=True)
     assert watermark.shape == (3, 32, 32)
     assert watermark.abs().max() <= 0.05 + 1e-6 and watermark.abs().max() > 0
@@ -67,7 +72,7 @@ def test_cli_demo_with_small_random_victims_writes_every_output(tmp_path: Path) 
     assert metrics["judged/stargan"] == 2 * 5 and metrics["judged/attgan"] == 2 * 14
     assert metrics["weights/stargan"] == "random" and "RANDOMLY INITIALISED" in metrics["note"]
     assert "RANDOMLY INITIALISED" in result.stdout and "RANDOMLY INITIALISED" in (tmp_path / "demo.log").read_text()
-    assert "sr_mask/mean" in result.stdout and str(tmp_path) in result.stdout
+    assert "SR_mask" in result.stdout and "\nmean " in result.stdout and str(tmp_path) in result.stdout
     assert metrics["sr_mask/mean"] == pytest.approx((metrics["sr_mask/stargan"] + metrics["sr_mask/attgan"]) / 2)
 
 

@@ -1,0 +1,93 @@
+"""Loggers of a run: a CSV log always (the local report reads it), W&B when configured.
+
+W&B runs offline unless the user is logged in (an API key in the environment or ~/.netrc), so a run
+never blocks on the network; `wandb sync <run>/wandb/offline-run-*` uploads such a run later. Runs are
+grouped by experiment (`task_name`) and tagged with the chosen victims, scope, attack, aggregator,
+cross-domain mode and regulariser, so the W&B dashboard groups ablations like the local report does.
+"""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+from pathlib import Path
+from typing import Any
+
+import hydra
+from lightning.pytorch.loggers import Logger, WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+def wandb_logged_in() -> bool:
+    """True when W&B credentials exist (WANDB_API_KEY or a netrc entry for api.wandb.ai)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def ensure_wandb_mode() -> str:
+    """Set WANDB_MODE=offline unless the user chose a mode or is logged in; returns the mode in force."""
+    if "WANDB_MODE" not in os.environ and not wandb_logged_in():
+        os.environ["WANDB_MODE"] = "offline"
+        log.info("W&B: not logged in, logging offline (upload later with `wandb sync`)")
+    return os.environ.get("WANDB_MODE", "online")
+
+
+def run_tags(cfg: DictConfig) -> list[str]:
+    """The choices that tell ablation runs apart, as W&B tags."""
+    victims = ",".join(sorted(cfg.get("victims") or {}))
+    return [f"victims={victims}", f"scope={cfg.scope.name}", f"attack={cfg.attack.name}",
+            f"aggregator={cfg.aggregator.name}" + (f"-{cfg.aggregator.variant}" if "variant" in cfg.aggregator else ""),
+            f"domains={cfg.domains.name}", f"regularizer={cfg.regularizer.name}"]
+
+
+def build_loggers(cfg: DictConfig) -> list[Logger]:
+    """Instantiate `cfg.logger.*`; W&B gets its mode, tags and the resolved config."""
+    loggers: list[Logger] = []
+    for name, node in (cfg.get("logger") or {}).items():
+        if node is None:
+            continue
+        if "WandbLogger" in str(node.get("_target_", "")):
+            ensure_wandb_mode()
+            Path(str(node.save_dir)).mkdir(parents=True, exist_ok=True)
+            logger = hydra.utils.instantiate(node, tags=run_tags(cfg))
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+        else:
+            logger = hydra.utils.instantiate(node)
+        loggers.append(logger)
+        log.debug("logger %s: %s", name, type(logger).__name__)
+    return loggers
+
+
+def log_results(loggers: list[Logger], metrics: dict[str, Any], step: int, grids: list[Path],
+                watermark_png: Path | None) -> None:
+    """Final numbers to every logger; the comparison grids and the watermark picture to W&B as a table."""
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    for logger in loggers:
+        logger.log_metrics(numbers, step=step)
+        if isinstance(logger, WandbLogger):
+            import wandb
+
+            rows = [[path.stem, wandb.Image(str(path)), metrics.get(f"sr_mask/{path.stem}")] for path in grids]
+            if rows:
+                logger.log_table(key="comparison", columns=["victim", "grid", "sr_mask"], data=rows, step=step)
+            if watermark_png is not None and watermark_png.is_file():
+                logger.log_image(key="watermark", images=[str(watermark_png)], step=step)
+            for key in ("note",):
+                if key in metrics:
+                    logger.experiment.summary[key] = metrics[key]
+        logger.save()
+
+
+def finish(loggers: list[Logger]) -> None:
+    """Close W&B runs explicitly: results are logged after `fit` returns, after Lightning finalised."""
+    for logger in loggers:
+        logger.finalize("success")
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish()
