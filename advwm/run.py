@@ -7,6 +7,7 @@ import logging
 import hydra
 from omegaconf import DictConfig
 
+from advwm import resolvers  # noqa: F401  (registers the config resolvers)
 from advwm.attacks.module import NonFiniteLossError
 from advwm.data import NoImagesError
 from advwm.pipeline import ConfigError, craft, objective
