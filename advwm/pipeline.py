@@ -114,6 +114,7 @@ def build_module(cfg: DictConfig, victims: list[Victim]) -> WatermarkAttack:
         step_scales={str(n): float(e.get("step_scale", 1.0)) for n, e in cfg.victims.items()},
         micro_batches={str(n): e.get("micro_batch") for n, e in cfg.victims.items()},
         batch_reduction=str(cfg.scope.get("batch_reduction", "sign_mean")),
+        seed=int(cfg.seed),
     )
 
 
@@ -147,6 +148,9 @@ def craft(cfg: DictConfig) -> dict[str, Any]:
     (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     pl.seed_everything(int(cfg.seed), workers=True)
 
+    if str(cfg.scope.name) == "per_image" and str(cfg.trainer.get("strategy", "auto")).startswith("ddp"):
+        raise ConfigError("per-image perturbations are not crafted under DDP: run one device per run and "
+                          "parallelise over runs (multirun) instead")
     resolved = build_victims(cfg)
     random_names = [r.victim.name for r in resolved if r.weights == "random"]
     if random_names:
@@ -163,7 +167,9 @@ def craft(cfg: DictConfig) -> dict[str, Any]:
                                                   logger=build_loggers(cfg))
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
-    metrics: dict[str, Any] = evaluation.results(module)
+    metrics: dict[str, Any] = evaluation.results(module, trainer)  # collective under DDP: every process calls it
+    if not trainer.is_global_zero:
+        return metrics
     grids = export.save_grids(evaluation.samples, {r.victim.name: list(r.victim.condition_names) for r in resolved})
     steps = int(module.iteration)
     metrics.update({

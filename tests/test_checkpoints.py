@@ -240,3 +240,63 @@ def test_registry_errors() -> None:
         load_generator("stargan", conv_dimm=8)
     with pytest.raises(TypeError, match="n_attr"):
         build_victim("attgan", checkpoint=None, arch={"n_attr": 13}, image_size=256)
+
+
+SMALL_STGAN = {"conv_dim": 4, "n_layers": 3, "shortcut_layers": 1}
+SMALL_UGATIT = {"ngf": 4, "n_blocks": 1, "img_size": 16, "light": True}
+
+
+def _perturbed(name: str, seed: int, **arch: object) -> torch.nn.Module:
+    """A small generator whose every float tensor differs from a fresh one (so a silent non-load shows)."""
+    torch.manual_seed(seed)
+    net = load_generator(name, **arch)
+    with torch.no_grad():
+        for value in net.state_dict().values():
+            value.add_(0.1 * seed) if value.is_floating_point() else value.fill_(7)
+    return net
+
+
+def _same_state(model: torch.nn.Module, source: torch.nn.Module) -> bool:
+    expected = source.state_dict()
+    return all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
+
+
+def test_stgan_dataparallel_checkpoint_loads(tmp_path: Path) -> None:
+    """`G_<iter>.pth.tar` of a multi-GPU run: {'state_dict': 'module.'-prefixed, 'optimizer': ...}."""
+    source = _perturbed("stgan", 1, **SMALL_STGAN)
+    path = tmp_path / "G_200000.pth.tar"
+    state = OrderedDict(("module." + k, v) for k, v in source.state_dict().items())
+    torch.save({"state_dict": state, "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0]}]}}, path)
+    victim = build_victim("stgan", checkpoint=path, arch=SMALL_STGAN, image_size=16)
+    assert _same_state(victim.network, source)
+    assert not victim.network.training
+    source.eval()
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    cond = victim.conditions(torch.randint(0, 2, (2, 40)).float())[0]
+    with torch.no_grad():
+        assert torch.equal(victim(x, cond), source(x, cond))
+
+
+def test_ugatit_file_without_its_generator_is_refused(tmp_path: Path) -> None:
+    b2a = _perturbed("ugatit", 2, **SMALL_UGATIT)
+    path = tmp_path / "selfie2anime_params_0001000.pt"
+    torch.save({"genB2A": b2a.state_dict(), "disGA": {"conv.weight_orig": torch.zeros(1, 2)}}, path)
+    with pytest.raises(CheckpointError) as info:
+        build_victim("ugatit", checkpoint=path, arch=SMALL_UGATIT, image_size=16)
+    _assert_one_line(info.value, "ugatit", str(path), "genA2B", "genB2A")
+    reverse = build_victim("ugatit", checkpoint=path, arch=SMALL_UGATIT, image_size=16, direction="B2A")
+    assert _same_state(reverse.network, b2a)
+
+
+def test_ugatit_official_params_file_picks_the_direction(tmp_path: Path) -> None:
+    a2b, b2a = _perturbed("ugatit", 3, **SMALL_UGATIT), _perturbed("ugatit", 4, **SMALL_UGATIT)
+    path = tmp_path / "selfie2anime_params_latest.pt"
+    discriminator = {"model.1.weight_orig": torch.ones(2, 3), "model.1.weight_u": torch.ones(2)}
+    torch.save(
+        {"genA2B": a2b.state_dict(), "genB2A": b2a.state_dict(), "disGA": discriminator, "disLB": discriminator},
+        path,
+    )
+    assert _same_state(build_victim("ugatit", checkpoint=path, arch=SMALL_UGATIT, image_size=16).network, a2b)
+    b2a_victim = build_victim("ugatit", checkpoint=path, arch=SMALL_UGATIT, image_size=16, direction="B2A")
+    assert _same_state(b2a_victim.network, b2a) and b2a_victim.condition_names == ["B2A"]
+    assert _same_state(load_generator("ugatit", path, container_keys=("genB2A",), **SMALL_UGATIT), b2a)

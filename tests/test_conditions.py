@@ -1,6 +1,9 @@
-"""Condition builders against hand-written expectations (StarGAN create_labels, AttGAN conflict rules)."""
+"""Condition builders against hand-written expectations (StarGAN create_labels, AttGAN conflict rules,
+STGAN attribute differences, AGGAN / U-GAT-IT conditions)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,8 +12,12 @@ from advwm.victims import (
     ATTGAN_ATTRS,
     CELEBA_ATTRIBUTES,
     STARGAN_ATTRS,
+    STGAN_ATTRS,
+    AGGANVictim,
     AttGANVictim,
     StarGANVictim,
+    STGANVictim,
+    UGATITVictim,
     build_victim,
     check_attribute_conflict,
     load_generator,
@@ -222,3 +229,165 @@ def test_attgan_input_size_must_equal_img_size() -> None:
     assert victim(torch.zeros(1, 3, 8, 8), cond).shape == (1, 3, 8, 8)
     with pytest.raises(ValueError, match="img_size"):
         victim(torch.zeros(1, 3, 16, 16), cond)
+
+
+# ---- AGGAN: StarGAN's conditions, the wrapper returns the blended result ---------------------------------
+SMALL_AGGAN = {"conv_dim": 4, "c_dim": 5, "repeat_num": 1}
+
+
+def test_aggan_conditions_are_stargans_and_forward_is_the_result() -> None:
+    torch.manual_seed(0)
+    victim = build_victim("aggan", checkpoint=None, arch=SMALL_AGGAN, image_size=16)
+    assert isinstance(victim, AGGANVictim) and victim.condition_names == list(STARGAN_ATTRS)
+    labels = celeba({"Black_Hair": 0, "Blond_Hair": 1, "Brown_Hair": 0, "Male": 1, "Young": 1})
+    conditions = victim.conditions(labels)
+    assert torch.equal(conditions[0], bits("10011"))  # Black on clears Blond
+    assert torch.equal(conditions[3], bits("01001"))  # Male flipped
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    result, attention, content = victim.network(x, conditions[0])  # official forward: a triple
+    assert attention.shape == content.shape == x.shape
+    assert torch.allclose(result, content * attention + x * (1 - attention))
+    assert torch.equal(victim(x, conditions[0]), result)
+
+
+# ---- STGAN: attribute differences c_trg - c_org ------------------------------------------------------------
+SMALL_STGAN = {"conv_dim": 4, "n_layers": 3, "shortcut_layers": 1}
+
+
+def signs(*rows: str) -> torch.Tensor:
+    """'+' -> 1, '-' -> -1, '0' -> 0, e.g. signs("0+-") = [[0, 1, -1]]."""
+    value = {"+": 1.0, "-": -1.0, "0": 0.0}
+    return torch.tensor([[value[ch] for ch in row] for row in rows])
+
+
+def stgan_victim(**kwargs: object) -> STGANVictim:
+    victim = build_victim("stgan", checkpoint=None, arch=SMALL_STGAN, image_size=16, **kwargs)
+    assert isinstance(victim, STGANVictim)
+    return victim
+
+
+# columns: Bald Bangs Black Blond Brown Bushy Glasses Male Mouth Mustache No_Beard Pale Young (FACE_A, FACE_B above)
+STGAN_DIFFERENCES = {  # rows: face A, face B; create_labels target minus the original labels, unscaled
+    "Bald": ("+000000000000", "-000000000000"),  # flipped; no AttGAN conflict rules (Bangs kept)
+    "Bangs": ("0-00000000000", "0+00000000000"),
+    "Black_Hair": ("0000000000000", "00+--00000000"),  # A already black-haired: nothing changes
+    "Blond_Hair": ("00-+000000000", "0000-00000000"),  # Blond on clears Black (A) / Brown (B)
+    "Brown_Hair": ("00-0+00000000", "000-000000000"),
+    "Bushy_Eyebrows": ("00000+0000000", "00000-0000000"),
+    "Eyeglasses": ("000000+000000", "000000+000000"),
+    "Male": ("0000000-00000", "0000000+00000"),
+    "Mouth_Slightly_Open": ("00000000+0000", "00000000-0000"),
+    "Mustache": ("000000000+000", "000000000-000"),  # No_Beard untouched
+    "No_Beard": ("0000000000-00", "0000000000+00"),
+    "Pale_Skin": ("00000000000+0", "00000000000-0"),
+    "Young": ("000000000000-", "000000000000+"),
+}
+
+
+def test_stgan_conditions_are_unscaled_differences() -> None:
+    victim = stgan_victim()
+    assert victim.attrs == STGAN_ATTRS == ATTGAN_ATTRS
+    assert victim.condition_names == list(STGAN_ATTRS)
+    conditions = victim.conditions(celeba(FACE_A, FACE_B, fill=1.0))
+    assert len(conditions) == 13
+    for name, cond in zip(victim.condition_names, conditions, strict=True):
+        assert cond.dtype == torch.float32 and cond.shape == (2, 13)
+        assert torch.equal(cond, signs(*STGAN_DIFFERENCES[name])), name
+
+
+def test_stgan_domains_select_and_order_conditions() -> None:
+    domains = ("No_Beard", "Bangs", "Eyeglasses")
+    victim = stgan_victim(domains=list(domains))
+    assert victim.condition_names == list(domains)
+    conditions = victim.conditions(celeba(FACE_A, FACE_B, fill=0.0))
+    for name, cond in zip(domains, conditions, strict=True):
+        assert torch.equal(cond, signs(*STGAN_DIFFERENCES[name])), name
+    with pytest.raises(ValueError, match="Smiling"):
+        stgan_victim(domains=["Bangs", "Smiling"])
+    with pytest.raises(ValueError, match="distinct"):
+        stgan_victim(domains=["Bangs", "Bangs"])
+
+
+def test_stgan_scaled_differences_with_reconstruction() -> None:
+    victim = stgan_victim(domains=["Black_Hair", "Male"], thres_int=0.5, scaled=True, reconstruction=True)
+    assert victim.condition_names == ["reconstruction", "Black_Hair", "Male"]
+    conditions = victim.conditions(celeba(FACE_A, FACE_B))
+    assert torch.equal(conditions[0], torch.zeros(2, 13))
+    h = 0.5
+    assert torch.equal(conditions[1][1], torch.tensor([0, 0, h, -h, -h, 0, 0, 0, 0, 0, 0, 0, 0]))
+    assert torch.equal(conditions[2], torch.tensor([[0.0] * 7 + [-h] + [0.0] * 5, [0.0] * 7 + [h] + [0.0] * 5]))
+
+
+def test_stgan_training_sample_semantics_match_reference(fixtures_dir: Path) -> None:
+    """scaled + reconstruction reproduce the fixture's training-time samples (conditions and outputs)."""
+    folder = fixtures_dir / "victims" / "stgan"
+    if not folder.is_dir():
+        pytest.skip(f"no STGAN fixture at {folder}")
+    case = torch.load(folder / "case.pt", map_location="cpu", weights_only=True)
+    victim = build_victim(
+        "stgan",
+        checkpoint=folder / "small_state_dict.pt",
+        arch=case["config"],
+        image_size=case["x"].shape[-1],
+        attrs=case["attrs"],
+        thres_int=case["thres_int"],
+        scaled=True,
+        reconstruction=True,
+    )
+    labels = torch.zeros(case["c_org"].shape[0], len(CELEBA_ATTRIBUTES))
+    for j, name in enumerate(case["attrs"]):
+        labels[:, CELEBA_ATTRIBUTES.index(name)] = case["c_org"][:, j]
+    conditions = victim.conditions(labels)
+    assert len(conditions) == len(case["conditions_thres"])
+    with torch.no_grad():
+        for mine, ref, expected in zip(conditions, case["conditions_thres"], case["outputs_thres"], strict=True):
+            assert torch.equal(mine, ref)
+            assert (victim(case["x"], mine) - expected).abs().max().item() <= 1e-5
+
+
+def test_stgan_attr_count_must_match_network() -> None:
+    with pytest.raises(ValueError, match="attr_dim=13"):
+        stgan_victim(attrs=["Bangs", "Eyeglasses"])
+    small = build_victim(
+        "stgan", checkpoint=None, arch={**SMALL_STGAN, "attr_dim": 2}, image_size=16, attrs=["Bangs", "Eyeglasses"]
+    )
+    assert small.conditions(celeba({"Bangs": 1, "Eyeglasses": 0}))[1].tolist() == [[0.0, 1.0]]
+    with pytest.raises(ValueError, match="divisible by 8"):
+        small(torch.zeros(1, 3, 12, 12), torch.zeros(1, 2))
+
+
+# ---- U-GAT-IT: unconditional, one empty condition named after the direction -----------------------------
+SMALL_UGATIT = {"ngf": 4, "n_blocks": 1, "light": True}
+
+
+def test_ugatit_single_empty_condition() -> None:
+    victim = build_victim("ugatit", checkpoint=None, arch=SMALL_UGATIT, image_size=16)
+    assert isinstance(victim, UGATITVictim) and victim.condition_names == ["A2B"]
+    conditions = victim.conditions(celeba({"Male": 1}, {"Male": 0}))
+    assert len(conditions) == 1 and conditions[0].shape == (2, 0) and conditions[0].dtype == torch.float32
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    out = victim(x, conditions[0])
+    assert out.shape == x.shape
+    stacked = victim(torch.cat([x, x]), torch.cat(conditions * 2))  # conditions stack like any victim's
+    assert torch.allclose(stacked, torch.cat([out, out]), atol=1e-6)
+    with pytest.raises(ValueError, match="takes no condition"):
+        victim(x, torch.zeros(2, 5))
+    with pytest.raises(ValueError, match="0/1"):
+        victim.conditions(-torch.ones(1, 40))
+    reverse = build_victim("ugatit", checkpoint=None, arch=SMALL_UGATIT, image_size=16, direction="B2A")
+    assert reverse.condition_names == ["B2A"]
+    with pytest.raises(ValueError, match="direction"):
+        build_victim("ugatit", checkpoint=None, arch=SMALL_UGATIT, image_size=16, direction="AtoB")
+
+
+def test_ugatit_full_is_tied_to_img_size() -> None:
+    victim = build_victim("ugatit", checkpoint=None, arch={**SMALL_UGATIT, "light": False}, image_size=16)
+    assert victim.network.img_size == 16
+    cond = victim.conditions(celeba({}))[0]
+    assert victim(torch.zeros(1, 3, 16, 16), cond).shape == (1, 3, 16, 16)
+    with pytest.raises(ValueError, match="img_size"):
+        victim(torch.zeros(1, 3, 32, 32), cond)
+    with pytest.raises(ValueError, match="img_size=16 differs"):
+        UGATITVictim(victim.network, image_size=32)
+    light = build_victim("ugatit", checkpoint=None, arch=SMALL_UGATIT, image_size=16)
+    assert light(torch.zeros(1, 3, 32, 32), torch.zeros(1, 0)).shape == (1, 3, 32, 32)  # light: any size

@@ -76,6 +76,7 @@ class WatermarkAttack(LightningModule):
         step_scales: dict[str, float] | None = None,
         micro_batches: dict[str, int | None] | None = None,
         batch_reduction: str = "sign_mean",
+        seed: int = 0,
     ) -> None:
         super().__init__()
         if scope not in SCOPES:
@@ -94,6 +95,7 @@ class WatermarkAttack(LightningModule):
         self.eps = eps
         self.iterations = iterations
         self.batch_reduction = batch_reduction
+        self.seed = int(seed)
         self.step_scales = {v.name: float((step_scales or {}).get(v.name, 1.0)) for v in self.victims}
         self.micro_batches = dict(micro_batches or {})
         self.diversity = (InputDiversity(prob=attack.diversity_prob, resize_rate=attack.diversity_resize_rate)
@@ -122,7 +124,7 @@ class WatermarkAttack(LightningModule):
 
     def on_train_start(self) -> None:
         if self.scope == "universal" and not self.reference_fusion and not bool(self.started):
-            self.base_attack.initialize()
+            self.base_attack.initialize(self._start_generator(0))
             self.started.fill_(True)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -130,6 +132,11 @@ class WatermarkAttack(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.iteration = int(checkpoint.get("advwm_iteration", 0))
+
+    def _start_generator(self, batch_number: int) -> torch.Generator:
+        """The random start depends on (seed, batch) only, not on the process: DDP ranks and a single
+        process start from the same point."""
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + batch_number)
 
     @property
     def base_attack(self) -> SignStepAttack:
@@ -147,7 +154,7 @@ class WatermarkAttack(LightningModule):
             size = min(size or batch, batch)
         return size
 
-    def _prepare(self, x: torch.Tensor, labels: torch.Tensor, new_batch: bool) -> _BatchCache:
+    def _prepare(self, x: torch.Tensor, labels: torch.Tensor, new_batch: bool, batch_number: int = 0) -> _BatchCache:
         if new_batch or self._cache is None:
             conditions, targets = [], []
             for victim in self.victims:
@@ -157,7 +164,7 @@ class WatermarkAttack(LightningModule):
             self._cache = _BatchCache(conditions, targets)
             if self.scope == "per_image":
                 self.perturbation.data = torch.zeros_like(x)
-                self.base_attack.initialize()
+                self.base_attack.initialize(self._start_generator(batch_number))
                 self.perturbation.data.copy_(self.protect(x) - x)
         return self._cache
 
@@ -193,7 +200,7 @@ class WatermarkAttack(LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x, labels = batch["image"], batch["labels"]
         repetition = batch_idx % self.iterations if not self.reference_fusion else 0
-        cache = self._prepare(x, labels, new_batch=repetition == 0)
+        cache = self._prepare(x, labels, new_batch=repetition == 0, batch_number=batch_idx // max(self.iterations, 1))
         if self.reference_fusion:
             total = self._reference_cmua_step(x, cache)
         elif isinstance(self.aggregator, CMUAFusion):

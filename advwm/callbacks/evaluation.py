@@ -78,8 +78,11 @@ class EvaluationCallback(Callback):
             self.judge(pl_module, batch["image"], batch["labels"])
         pl_module.train(was_training)
 
-    def results(self, module: LightningModule) -> dict[str, float]:
-        """Flat final values; `sr_mask/mean` is the mean over victims (the sweep objective)."""
+    def results(self, module: LightningModule, trainer: Trainer | None = None) -> dict[str, float]:
+        """Flat final values; `sr_mask/mean` is the mean over victims (the sweep objective).
+
+        Under DDP every process must call this: the metrics synchronise across processes on compute.
+        """
         assert self.metrics is not None
         flat: dict[str, float] = {}
         for key, metric in self.metrics.items():
@@ -89,10 +92,16 @@ class EvaluationCallback(Callback):
         for victim in module.victims:
             metric = self.metrics[f"sr_mask/{victim.name}"]
             if metric.update_count:
-                flat[f"empty_mask/{victim.name}"] = int(metric.empty_count())
-                flat[f"judged/{victim.name}"] = int(metric.total)
+                counts = torch.stack([metric.empty.float(), metric.total.float()])
+                if trainer is not None and trainer.world_size > 1:
+                    counts = trainer.strategy.reduce(counts, reduce_op="sum")
+                flat[f"empty_mask/{victim.name}"] = int(counts[0].item())
+                flat[f"judged/{victim.name}"] = int(counts[1].item())
         victim_scores = [flat[f"sr_mask/{v.name}"] for v in module.victims if f"sr_mask/{v.name}" in flat]
         if victim_scores:
             flat["sr_mask/mean"] = sum(victim_scores) / len(victim_scores)
-        flat["images_judged"] = self.images_judged
+        judged = torch.tensor(float(self.images_judged), device=module.device)
+        if trainer is not None and trainer.world_size > 1:
+            judged = trainer.strategy.reduce(judged, reduce_op="sum")
+        flat["images_judged"] = int(judged.item())
         return flat

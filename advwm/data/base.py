@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from lightning.pytorch import LightningDataModule
 from PIL import Image
-from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, Subset
 
 from advwm.data.transforms import preprocess
 
@@ -155,8 +155,24 @@ class FaceDataModule(LightningDataModule):
             self.eval_items = list(self.craft_items)
         self._ready = True
 
+    def _process_share(self) -> tuple[int, int]:
+        """(rank, world size) of this process: under DDP every process takes a strided share of the faces."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        return int(trainer.global_rank), int(trainer.world_size)
+
     def train_dataloader(self) -> DataLoader:
-        batches = BatchSampler(SequentialSampler(range(len(self.craft_items))), self.batch_size, drop_last=False)
+        """Batches of `batch_size` faces in order, each repeated `repeats` times.
+
+        Under DDP `batch_size` is the global batch: process r of W takes faces r, r+W, r+2W, ... in batches
+        of batch_size / W, so the union of the processes' k-th batches is the k-th batch of one process.
+        """
+        rank, world = self._process_share()
+        if self.batch_size % world:
+            raise ValueError(f"data.batch_size={self.batch_size} must be divisible by the {world} processes")
+        indices = list(range(len(self.craft_items)))[rank::world]
+        batches = BatchSampler(indices, self.batch_size // world, drop_last=False)
         return DataLoader(
             FaceDataset(self.craft_items, self.image_size),
             batch_sampler=RepeatedBatchSampler(batches, self.repeats),
@@ -164,6 +180,9 @@ class FaceDataModule(LightningDataModule):
         )
 
     def eval_dataloader(self) -> DataLoader:
-        """The held-out faces, each once, in order."""
-        return DataLoader(FaceDataset(self.eval_items, self.image_size), batch_size=self.eval_batch_size,
-                          shuffle=False, num_workers=self.num_workers)
+        """The held-out faces, each once, in order (under DDP: this process's strided share, no padding)."""
+        rank, world = self._process_share()
+        dataset = FaceDataset(self.eval_items, self.image_size)
+        if world > 1:
+            dataset = Subset(dataset, list(range(len(self.eval_items)))[rank::world])
+        return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, num_workers=self.num_workers)

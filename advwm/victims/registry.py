@@ -6,14 +6,14 @@ Adding a victim = one `VictimSpec` entry here plus its module; configs refer to 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from advwm.victims import attgan, stargan
+from advwm.victims import aggan, attgan, hisd, stargan, stgan, ugatit
 from advwm.victims.base import Mode, Victim, freeze, set_mode
 from advwm.victims.checkpoints import checkpoint_path, load_checkpoint_into
 
@@ -31,6 +31,9 @@ class VictimSpec:
     source: str
     image_size_arch_key: str | None = None  # arch kwarg that must equal the victim's image size
     default_image_size: int = 256
+    # Victim options -> container key, where an option picks the generator inside the file (U-GAT-IT's
+    # direction: 'genA2B' or 'genB2A'); None = `container_keys`.
+    container_key_for: Callable[[Mapping[str, Any]], str] | None = None
 
     @property
     def official_mode(self) -> Mode:
@@ -44,6 +47,12 @@ class VictimSpec:
         if unknown:
             raise TypeError(f"{self.name}: unknown arch argument(s) {unknown}; accepted: {sorted(accepted)}")
         return {**self.default_arch, **overrides}
+
+    def containers(self, options: Mapping[str, Any]) -> tuple[str, ...]:
+        """The container keys to look for in a checkpoint of a victim built with these options."""
+        if self.container_key_for is None:
+            return self.container_keys
+        return (self.container_key_for(options),)
 
 
 SPECS: dict[str, VictimSpec] = {
@@ -90,6 +99,73 @@ SPECS: dict[str, VictimSpec] = {
         ),
         image_size_arch_key="img_size",
     ),
+    "aggan": VictimSpec(
+        name="aggan",
+        network_cls=aggan.Generator,
+        victim_cls=aggan.AGGANVictim,
+        default_arch={"conv_dim": 64, "c_dim": 5, "repeat_num": 6},
+        container_keys=(),
+        checkpoint_file="200000-G.ckpt",
+        source=(
+            "Get the AttentionGAN-v1-multi CelebA 256x256 5-attribute generator '200000-G.ckpt' "
+            "(a bare state_dict): the CMUA-Watermark weights release (VDIGPKU/CMUA-Watermark README, "
+            "weights/AttentionGAN/ -> AttentionGAN/AttentionGAN_v1_multi/checkpoints/celeba_256_pretrained/), "
+            "or Ha0Tang/AttentionGAN `AttentionGAN-v1-multi/download_pretrained.sh celeba_256`."
+        ),
+    ),
+    "stgan": VictimSpec(
+        name="stgan",
+        network_cls=stgan.Generator,
+        victim_cls=stgan.STGANVictim,
+        default_arch={
+            "attr_dim": 13,
+            "conv_dim": 64,
+            "n_layers": 5,
+            "shortcut_layers": 3,
+            "use_stu": True,
+            "one_more_conv": True,
+        },
+        container_keys=("state_dict",),
+        checkpoint_file="G_200000.pth.tar",
+        source=(
+            "STGAN (bluestyle97/STGAN-pytorch) publishes no pretrained weights (its issue #5): train it with "
+            "that repo's `main.py --config configs/train_stgan.yaml` (13 attributes, g_layers 5, shortcut_layers "
+            "3, use_stu, one_more_conv) and use 'G_<iter>.pth.tar' from the experiment's checkpoints folder "
+            "({'state_dict': ..., 'optimizer': ...}, 'module.'-prefixed after multi-GPU training)."
+        ),
+        default_image_size=128,
+    ),
+    "ugatit": VictimSpec(
+        name="ugatit",
+        network_cls=ugatit.ResnetGenerator,
+        victim_cls=ugatit.UGATITVictim,
+        default_arch={"input_nc": 3, "output_nc": 3, "ngf": 64, "n_blocks": 4, "img_size": 256, "light": False},
+        container_keys=("genA2B",),
+        checkpoint_file="selfie2anime_params_1000000.pt",
+        source=(
+            "U-GAT-IT (znxlwm/UGATIT-pytorch) publishes no PyTorch weights (the paper's selfie2anime weights "
+            "are TensorFlow, taki0112/UGATIT): train it with that repo's `main.py --dataset <name>` "
+            "(add --light True for the light variant) and use '<name>_params_<step:07d>.pt' or "
+            "'<name>_params_latest.pt' (a dict holding 'genA2B', 'genB2A' and the discriminators)."
+        ),
+        image_size_arch_key="img_size",
+        container_key_for=lambda options: ugatit.container_key(str(options.get("direction", "A2B"))),
+    ),
+    "hisd": VictimSpec(
+        name="hisd",
+        network_cls=hisd.Generator,
+        victim_cls=hisd.HiSDVictim,
+        default_arch={"yaml": hisd.DEFAULT_CONFIG},
+        container_keys=("gen_test",),
+        checkpoint_file="gen_00600000.pt",
+        source=(
+            "Get the official HiSD CelebA-HQ 256x256 checkpoint (configs/celeba-hq_256.yaml; a dict "
+            "{'gen', 'gen_test'}, 'gen_test' is used): 'gen_00600000.pt' of the CMUA-Watermark weights release "
+            "(VDIGPKU/CMUA-Watermark README, weights/HiSD/ -> HiSD/), or the author's 256 px release "
+            "'checkpoint_256_celeba-hq.pt' (imlixinyang/HiSD, same layout; its 128 px "
+            "'checkpoint_128_celeba-hq.pt' needs arch.yaml=celeba-hq.yaml)."
+        ),
+    ),
 }
 
 VICTIM_NAMES: tuple[str, ...] = tuple(SPECS)
@@ -105,18 +181,26 @@ def get_spec(name: str) -> VictimSpec:
         raise ValueError(f"unknown victim {name!r}; known victims: {list(VICTIM_NAMES)}") from None
 
 
-def load_generator(name: str, checkpoint: str | Path | None = None, **arch_kwargs: Any) -> nn.Module:
+def load_generator(
+    name: str,
+    checkpoint: str | Path | None = None,
+    *,
+    container_keys: Sequence[str] | None = None,
+    **arch_kwargs: Any,
+) -> nn.Module:
     """The bare official network (official forward signature), frozen, in its official mode.
 
     Random initialisation when `checkpoint` is None (tests, smoke runs); otherwise a strict, safe load.
+    `container_keys` overrides the spec's (e.g. ('genB2A',) for U-GAT-IT's B->A generator).
     """
     spec = get_spec(name)
     arch = spec.arch(**arch_kwargs)
+    keys = tuple(container_keys) if container_keys is not None else spec.container_keys
     if checkpoint is not None:
         checkpoint = checkpoint_path(name, checkpoint, spec.source)  # fail fast, before allocating weights
     network = spec.network_cls(**arch)
     if checkpoint is not None:
-        load_checkpoint_into(name, network, checkpoint, spec.container_keys, source_hint=spec.source)
+        load_checkpoint_into(name, network, checkpoint, keys, source_hint=spec.source)
     freeze(network)
     set_mode(network, spec.official_mode)
     return network
@@ -146,7 +230,8 @@ def build_victim(
             size = int(arch_kwargs.get(key, spec.default_arch[key]))
     if size is None:
         size = spec.default_image_size
-    if "attrs" in victim_kwargs and victim_kwargs["attrs"] is not None:
-        victim_kwargs["attrs"] = [str(a) for a in victim_kwargs["attrs"]]  # OmegaConf ListConfig -> list
-    network = load_generator(name, checkpoint, **arch_kwargs)
+    for key in ("attrs", "domains"):  # OmegaConf ListConfig -> list of str
+        if victim_kwargs.get(key) is not None:
+            victim_kwargs[key] = [str(a) for a in victim_kwargs[key]]
+    network = load_generator(name, checkpoint, container_keys=spec.containers(victim_kwargs), **arch_kwargs)
     return spec.victim_cls(network, image_size=size, **victim_kwargs)
