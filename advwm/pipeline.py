@@ -23,6 +23,7 @@ from advwm.attacks.domains import make_domains
 from advwm.attacks.module import AttackSettings, WatermarkAttack
 from advwm.attacks.regularizers import make_regularizer
 from advwm.callbacks import EvaluationCallback, WatermarkExport
+from advwm.callbacks.evaluation import settings_from
 from advwm.loggers import build_loggers, finish, log_results
 from advwm.victims import CheckpointNotFoundError, Victim, build_victim, get_spec
 
@@ -159,7 +160,7 @@ def craft(cfg: DictConfig) -> dict[str, Any]:
     repeats = 1 if module.reference_fusion else int(cfg.attack.iterations)
     datamodule = build_datamodule(cfg, repeats)
 
-    evaluation = EvaluationCallback()
+    evaluation = EvaluationCallback(settings_from(cfg.get("metrics")))
     export = WatermarkExport(output_dir)
     checkpoints = ModelCheckpoint(dirpath=output_dir / "checkpoints", save_last=True, save_top_k=0,
                                   every_n_train_steps=int(cfg.get("checkpoint_every", 50)))

