@@ -21,6 +21,13 @@ SMALL_ARCH = {
     "stargan": ["victims.stargan.arch.conv_dim=8", "victims.stargan.arch.repeat_num=2"],
     "attgan": ["victims.attgan.arch.enc_dim=8", "victims.attgan.arch.dec_dim=8", "victims.attgan.arch.enc_layers=3",
                "victims.attgan.arch.dec_layers=3"],
+    "aggan": ["victims.aggan.arch.conv_dim=8", "victims.aggan.arch.repeat_num=2"],
+    "stgan": ["victims.stgan.arch.conv_dim=8", "victims.stgan.arch.n_layers=3", "victims.stgan.arch.shortcut_layers=2"],
+    "ugatit": ["victims.ugatit.arch.ngf=8", "victims.ugatit.arch.n_blocks=1", "victims.ugatit.arch.light=true"],
+    "hisd": ["victims.hisd.arch.style_dim=8", "victims.hisd.arch.noise_dim=4", "victims.hisd.arch.encoder.channels=[8,16]",
+             "victims.hisd.arch.decoder.channels=[16,8]", "victims.hisd.arch.translators.channels=[8,8]",
+             "victims.hisd.arch.extractors.channels=[8,16,16]", "victims.hisd.arch.mappers.pre_channels=[8,8]",
+             "victims.hisd.arch.mappers.post_channels=[8,8]"],
 }
 
 
@@ -239,3 +246,22 @@ def test_periodic_evaluation_logs_every_n_steps(tmp_path: Path) -> None:
     periodic = [r for r in rows if r.get("periodic/sr_mask/stargan")]
     assert [int(r["step"]) for r in periodic] == [2, 4]
     assert all(0.0 <= float(r["periodic/avg_l/stargan"]) for r in periodic)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("victims", "expected"), [
+    (("stargan", "aggan", "attgan", "hisd"), {"stargan/Blond_Hair", "aggan/Young", "attgan/Eyeglasses",
+                                              "hisd/Eyeglasses@ref"}),
+    (("stargan", "attgan", "stgan", "ugatit"), {"stgan/Bangs", "stgan/Pale_Skin", "ugatit/A2B"}),
+], ids=["cmua-set", "cdmaa-set"])
+def test_the_papers_victim_sets_run_and_report_per_condition(tmp_path: Path, victims: tuple[str, ...],
+                                                           expected: set[str]) -> None:
+    cfg = compose_run(tmp_path, [f"+victims=[{','.join(victims)}]", "weights=random", "data=demo",
+                                 "attack.iterations=1", "data.craft=[astronaut]", "data.evaluate=[grace_hopper]",
+                                 *small(*victims)])
+    metrics = craft(cfg)
+    for victim in victims:
+        assert 0.0 <= metrics[f"sr_mask/{victim}"] <= 1.0
+        assert (tmp_path / "images" / f"{victim}.png").is_file()
+    for key in expected:
+        assert f"sr_mask/{key}" in metrics, key
