@@ -13,8 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from advwm.victims.base import Victim
-from advwm.victims.stargan import STARGAN_ATTRS, InstanceNorm2d, ResidualBlock, stargan_conditions
+from advwm.victims.stargan import STARGAN_ATTRS, StarGANVictim, stargan_layers, with_tiled_condition
 
 AGGAN_ATTRS: tuple[str, ...] = STARGAN_ATTRS
 
@@ -27,63 +26,25 @@ class Generator(nn.Module):
         self.conv_dim = conv_dim
         self.c_dim = c_dim
         self.repeat_num = repeat_num
-        layers: list[nn.Module] = [
-            nn.Conv2d(3 + c_dim, conv_dim, kernel_size=7, stride=1, padding=3, bias=False),
-            InstanceNorm2d(conv_dim),
-            nn.ReLU(inplace=True),
-        ]
-        dim = conv_dim
-        for _ in range(2):  # down-sampling
-            layers += [
-                nn.Conv2d(dim, dim * 2, kernel_size=4, stride=2, padding=1, bias=False),
-                InstanceNorm2d(dim * 2),
-                nn.ReLU(inplace=True),
-            ]
-            dim *= 2
-        layers += [ResidualBlock(dim) for _ in range(repeat_num)]
-        for _ in range(2):  # up-sampling
-            layers += [
-                nn.ConvTranspose2d(dim, dim // 2, kernel_size=4, stride=2, padding=1, bias=False),
-                InstanceNorm2d(dim // 2),
-                nn.ReLU(inplace=True),
-            ]
-            dim //= 2
-        # 1 attention logit + 3 content channels, no output activation
-        layers.append(nn.Conv2d(dim, 4, kernel_size=7, stride=1, padding=3, bias=False))
-        self.main = nn.Sequential(*layers)
+        # StarGAN's layout; the last conv gives 1 attention logit + 3 content channels, no output activation
+        self.main = nn.Sequential(*stargan_layers(conv_dim, c_dim, repeat_num, out_channels=4))
 
     def forward(self, x: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(result, attention mask repeated to 3 channels, raw content) for images x and domain vector c."""
-        if c.dim() != 2 or c.shape[1] != self.c_dim or c.shape[0] != x.shape[0]:
-            raise ValueError(f"AGGAN: condition must be [{x.shape[0]}, {self.c_dim}], got {tuple(c.shape)}")
-        c_map = c.to(x.dtype).view(c.shape[0], c.shape[1], 1, 1).expand(-1, -1, x.shape[2], x.shape[3])
-        out = self.main(torch.cat([x, c_map], dim=1))
+        out = self.main(with_tiled_condition(x, c, self.c_dim, "AGGAN"))
         attention = torch.sigmoid(out[:, :1]).expand(-1, 3, -1, -1)
         content = out[:, 1:]
         result = content * attention + x * (1 - attention)
         return result, attention, content
 
 
-class AGGANVictim(Victim):
+class AGGANVictim(StarGANVictim):
     """AttentionGAN-v1-multi in train mode; StarGAN's conditions (one per attribute); output = the result."""
 
     name = "aggan"
-    official_mode = "train"
-    stackable = True
 
     def __init__(self, network: Generator, image_size: int = 256, attrs: Sequence[str] = AGGAN_ATTRS) -> None:
-        attrs = tuple(attrs)
-        c_dim = getattr(network, "c_dim", None)
-        if c_dim is not None and c_dim != len(attrs):
-            raise ValueError(f"aggan: generator c_dim={c_dim} but {len(attrs)} attrs given: {list(attrs)}")
         super().__init__(network, image_size, attrs)
-
-    @property
-    def condition_names(self) -> list[str]:
-        return list(self.attrs)
-
-    def conditions(self, labels: Tensor) -> list[Tensor]:
-        return stargan_conditions(self.selected_labels(labels), self.attrs)
 
     def forward(self, x: Tensor, condition: Tensor) -> Tensor:
         return self.network(x, condition)[0]

@@ -55,44 +55,57 @@ class ResidualBlock(nn.Module):
         return x + self.main(x)
 
 
+def stargan_layers(conv_dim: int, c_dim: int, repeat_num: int, out_channels: int) -> list[nn.Module]:
+    """The official `main` layers up to the last 7x7 conv (StarGAN adds Tanh; AttentionGAN uses 4 outputs).
+
+    7x7 stem, 2 stride-2 downs, `repeat_num` residual blocks, 2 stride-2 ups, 7x7 conv; all convs bias-free.
+    """
+    layers: list[nn.Module] = [
+        nn.Conv2d(3 + c_dim, conv_dim, kernel_size=7, stride=1, padding=3, bias=False),
+        InstanceNorm2d(conv_dim),
+        nn.ReLU(inplace=True),
+    ]
+    dim = conv_dim
+    for _ in range(2):
+        layers += [
+            nn.Conv2d(dim, dim * 2, kernel_size=4, stride=2, padding=1, bias=False),
+            InstanceNorm2d(dim * 2),
+            nn.ReLU(inplace=True),
+        ]
+        dim *= 2
+    layers += [ResidualBlock(dim) for _ in range(repeat_num)]
+    for _ in range(2):
+        layers += [
+            nn.ConvTranspose2d(dim, dim // 2, kernel_size=4, stride=2, padding=1, bias=False),
+            InstanceNorm2d(dim // 2),
+            nn.ReLU(inplace=True),
+        ]
+        dim //= 2
+    layers.append(nn.Conv2d(dim, out_channels, kernel_size=7, stride=1, padding=3, bias=False))
+    return layers
+
+
+def with_tiled_condition(x: Tensor, c: Tensor, c_dim: int, victim: str) -> Tensor:
+    """cat([x, c tiled over HxW], 1): the domain vector c [B, c_dim] appended after the image channels."""
+    if c.dim() != 2 or c.shape[1] != c_dim or c.shape[0] != x.shape[0]:
+        raise ValueError(f"{victim}: condition must be [{x.shape[0]}, {c_dim}], got {tuple(c.shape)}")
+    c_map = c.to(x.dtype).view(c.shape[0], c.shape[1], 1, 1).expand(-1, -1, x.shape[2], x.shape[3])
+    return torch.cat([x, c_map], dim=1)
+
+
 class Generator(nn.Module):
-    """StarGAN generator: 7x7 stem, 2 stride-2 downs, `repeat_num` residual blocks, 2 ups, 7x7 + Tanh."""
+    """StarGAN generator: `stargan_layers` with 3 outputs, then Tanh."""
 
     def __init__(self, conv_dim: int = 64, c_dim: int = 5, repeat_num: int = 6) -> None:
         super().__init__()
         self.conv_dim = conv_dim
         self.c_dim = c_dim
         self.repeat_num = repeat_num
-        layers: list[nn.Module] = [
-            nn.Conv2d(3 + c_dim, conv_dim, kernel_size=7, stride=1, padding=3, bias=False),
-            InstanceNorm2d(conv_dim),
-            nn.ReLU(inplace=True),
-        ]
-        dim = conv_dim
-        for _ in range(2):
-            layers += [
-                nn.Conv2d(dim, dim * 2, kernel_size=4, stride=2, padding=1, bias=False),
-                InstanceNorm2d(dim * 2),
-                nn.ReLU(inplace=True),
-            ]
-            dim *= 2
-        layers += [ResidualBlock(dim) for _ in range(repeat_num)]
-        for _ in range(2):
-            layers += [
-                nn.ConvTranspose2d(dim, dim // 2, kernel_size=4, stride=2, padding=1, bias=False),
-                InstanceNorm2d(dim // 2),
-                nn.ReLU(inplace=True),
-            ]
-            dim //= 2
-        layers += [nn.Conv2d(dim, 3, kernel_size=7, stride=1, padding=3, bias=False), nn.Tanh()]
-        self.main = nn.Sequential(*layers)
+        self.main = nn.Sequential(*stargan_layers(conv_dim, c_dim, repeat_num, out_channels=3), nn.Tanh())
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         """Tile the domain vector c [B, c_dim] over HxW, append it after the image channels, translate."""
-        if c.dim() != 2 or c.shape[1] != self.c_dim or c.shape[0] != x.shape[0]:
-            raise ValueError(f"StarGAN: condition must be [{x.shape[0]}, {self.c_dim}], got {tuple(c.shape)}")
-        c_map = c.to(x.dtype).view(c.shape[0], c.shape[1], 1, 1).expand(-1, -1, x.shape[2], x.shape[3])
-        return self.main(torch.cat([x, c_map], dim=1))
+        return self.main(with_tiled_condition(x, c, self.c_dim, "StarGAN"))
 
 
 def stargan_conditions(c_org: Tensor, attrs: Sequence[str]) -> list[Tensor]:
@@ -127,7 +140,7 @@ class StarGANVictim(Victim):
         attrs = tuple(attrs)
         c_dim = getattr(network, "c_dim", None)
         if c_dim is not None and c_dim != len(attrs):
-            raise ValueError(f"stargan: generator c_dim={c_dim} but {len(attrs)} attrs given: {list(attrs)}")
+            raise ValueError(f"{self.name}: generator c_dim={c_dim} but {len(attrs)} attrs given: {list(attrs)}")
         super().__init__(network, image_size, attrs)
 
     @property

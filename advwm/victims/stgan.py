@@ -14,25 +14,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from advwm.victims.attgan import ATTGAN_ATTRS
 from advwm.victims.base import Victim
 from advwm.victims.stargan import stargan_conditions
 
 # CDMAA's STGAN: the 13 attributes of the original STGAN / AttGAN CelebA models.
-STGAN_ATTRS: tuple[str, ...] = (
-    "Bald",
-    "Bangs",
-    "Black_Hair",
-    "Blond_Hair",
-    "Brown_Hair",
-    "Bushy_Eyebrows",
-    "Eyeglasses",
-    "Male",
-    "Mouth_Slightly_Open",
-    "Mustache",
-    "No_Beard",
-    "Pale_Skin",
-    "Young",
-)
+STGAN_ATTRS: tuple[str, ...] = ATTGAN_ATTRS
 
 
 def _tile(a: Tensor, like: Tensor) -> Tensor:
