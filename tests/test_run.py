@@ -24,10 +24,10 @@ SMALL_ARCH = {
     "aggan": ["victims.aggan.arch.conv_dim=8", "victims.aggan.arch.repeat_num=2"],
     "stgan": ["victims.stgan.arch.conv_dim=8", "victims.stgan.arch.n_layers=3", "victims.stgan.arch.shortcut_layers=2"],
     "ugatit": ["victims.ugatit.arch.ngf=8", "victims.ugatit.arch.n_blocks=1", "victims.ugatit.arch.light=true"],
-    "hisd": ["victims.hisd.arch.style_dim=8", "victims.hisd.arch.noise_dim=4", "victims.hisd.arch.encoder.channels=[8,16]",
-             "victims.hisd.arch.decoder.channels=[16,8]", "victims.hisd.arch.translators.channels=[8,8]",
-             "victims.hisd.arch.extractors.channels=[8,16,16]", "victims.hisd.arch.mappers.pre_channels=[8,8]",
-             "victims.hisd.arch.mappers.post_channels=[8,8]"],
+    "hisd": ["victims.hisd.arch.style_dim=8", "victims.hisd.arch.noise_dim=4",
+             "victims.hisd.arch.encoder.channels=[8,16]", "victims.hisd.arch.decoder.channels=[16,8]",
+             "victims.hisd.arch.translators.channels=[8,8]", "victims.hisd.arch.extractors.channels=[8,16,16]",
+             "victims.hisd.arch.mappers.pre_channels=[8,8]", "victims.hisd.arch.mappers.post_channels=[8,8]"],
 }
 
 

@@ -34,6 +34,12 @@ class VictimSpec:
     # Victim options -> container key, where an option picks the generator inside the file (U-GAT-IT's
     # direction: 'genA2B' or 'genB2A'); None = `container_keys`.
     container_key_for: Callable[[Mapping[str, Any]], str] | None = None
+    # A direct download of the official file (`python -m advwm.weights fetch <name>`); None = no direct link,
+    # `source` says how to get it. `url_member`: the checkpoint inside a zip/tar archive (by path, or by file
+    # name when unique); `sha256`: of the downloaded bytes (the archive, if any), when known.
+    url: str | None = None
+    url_member: str | None = None
+    sha256: str | None = None
 
     @property
     def official_mode(self) -> Mode:
@@ -70,6 +76,9 @@ SPECS: dict[str, VictimSpec] = {
             "200000-G.ckpt, or the CMUA-Watermark weights release (VDIGPKU/CMUA-Watermark README, "
             "weights/stargan/)."
         ),
+        # yunjey/stargan download.sh (pretrained-celeba-256x256); dl=1 is Dropbox's direct-download switch
+        url="https://www.dropbox.com/s/zdq6roqf63m0v5f/celeba-256x256-5attrs.zip?dl=1",
+        url_member="200000-G.ckpt",
     ),
     "attgan": VictimSpec(
         name="attgan",
@@ -112,6 +121,9 @@ SPECS: dict[str, VictimSpec] = {
             "weights/AttentionGAN/ -> AttentionGAN/AttentionGAN_v1_multi/checkpoints/celeba_256_pretrained/), "
             "or Ha0Tang/AttentionGAN `AttentionGAN-v1-multi/download_pretrained.sh celeba_256`."
         ),
+        # Ha0Tang/AttentionGAN AttentionGAN-v1-multi/download_pretrained.sh celeba_256 (a .tar.gz)
+        url="http://disi.unitn.it/~hao.tang/uploads/models/AttentionGAN/celeba_256_pretrained.tar.gz",
+        url_member="200000-G.ckpt",
     ),
     "stgan": VictimSpec(
         name="stgan",
