@@ -1,0 +1,292 @@
+"""The comparison report (`python -m advwm.report`): run discovery, method labels, tables, charts, sweeps."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from advwm import report
+from advwm.report import Run, build_table, collect, main, varying
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["+victims=[stargan,attgan]", "weights=random", "logger=csv", "image_size=32",
+        "victims.stargan.arch.conv_dim=8", "victims.stargan.arch.repeat_num=1", "victims.attgan.arch.enc_dim=8",
+        "victims.attgan.arch.dec_dim=8", "victims.attgan.arch.enc_layers=3", "victims.attgan.arch.dec_layers=3",
+        "attack.iterations=1", "data.craft=[astronaut]", "data.evaluate=[grace_hopper]"]
+
+
+def md_table(text: str, heading: str) -> tuple[list[str], list[list[str]]]:
+    """The first Markdown table after `heading` in report.md: (header cells, body rows)."""
+    lines = text.splitlines()
+    rows: list[list[str]] = []
+    for line in lines[lines.index(heading) + 1:]:
+        if line.startswith("|"):
+            rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+        elif rows:
+            break
+    header, _rule, *body = rows
+    return header, body
+
+
+def fake_run(folder: Path, config: dict, metrics: dict | str | None, choices: dict | None = None,
+             overrides: list[str] | None = None) -> Path:
+    """A run folder as advwm writes it: config.yaml, .hydra/{config,hydra,overrides}.yaml, metrics.json."""
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides or []))
+    hydra = {"hydra": {"runtime": {"choices": {"hydra/launcher": "basic", "paths": "default", **(choices or {})}}}}
+    (folder / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(hydra))
+    if isinstance(metrics, dict):
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    elif isinstance(metrics, str):
+        (folder / "metrics.json").write_text(metrics)
+    return folder
+
+
+def config_of(aggregator: str, out: Path, **extra) -> dict:
+    config = {"seed": 0, "image_size": 32, "paths": {"output_dir": str(out), "log_dir": "/somewhere"},
+              "aggregator": {"name": aggregator}, "trainer": {"default_root_dir": str(out)},
+              "logger": {"csv": {"save_dir": str(out)}}}
+    config.update(extra)
+    return config
+
+
+# ------------------------------------------------------------------------------------- the real multirun
+
+
+@pytest.fixture(scope="module")
+def multirun(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two tiny real runs (aggregator=mgda,uniform) through the CLI, once for the module."""
+    log_dir = tmp_path_factory.mktemp("report_runs")
+    command = [sys.executable, "-m", "advwm.run", "-m", *TINY, "aggregator=mgda,uniform", f"paths.log_dir={log_dir}"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "WANDB_MODE": "offline"})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    (sweep,) = (log_dir / "craft" / "multiruns").iterdir()
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    return sweep
+
+
+@pytest.mark.slow
+def test_the_cli_renders_a_table_with_each_runs_numbers(multirun: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    result = subprocess.run([sys.executable, "-m", "advwm.report", str(multirun), "--out", str(out)], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "report.md" in result.stdout
+    text = (out / "report.md").read_text()
+    header, body = md_table(text, "## sr_mask")
+    assert header == ["method", "stargan", "attgan", "mean"]
+    metrics = {n: json.loads((multirun / n / "metrics.json").read_text()) for n in ("0", "1")}
+    expected = {"aggregator=mgda": metrics["0"], "aggregator=uniform": metrics["1"]}
+    assert len(body) == 2
+    for row in body:
+        label = row[0]
+        assert label.endswith(" †")  # random-weight runs are marked, and the footnote says why
+        values = expected[label.removesuffix(" †")]
+        for cell, key in zip(row[1:], ("sr_mask/stargan", "sr_mask/attgan", "sr_mask/mean"), strict=True):
+            assert cell == f"{values[key]:.3f}"
+    assert "† randomly initialised victims (stargan, attgan)" in text
+    # per-condition tables, one per victim, with the metrics.json values
+    header, body = md_table(text, "### sr_mask: attgan per condition")
+    assert header[1:] == [k.rsplit("/", 1)[1] for k in metrics["0"] if k.startswith("sr_mask/attgan/")] + ["pooled"]
+    assert len(body) == 2
+    for victim in ("stargan", "attgan", "mean"):
+        assert (out / "report_files" / f"bar_sr_mask_{victim}.png").stat().st_size > 1000
+    assert "![sr_mask/stargan](report_files/bar_sr_mask_stargan.png)" in text
+
+
+@pytest.mark.slow
+def test_build_table_gives_metrics_json_values_and_the_aggregator_is_the_varying_key(multirun: Path) -> None:
+    runs = collect([multirun.parent])  # a parent of the multirun works too
+    assert [r.path.name for r in runs] == ["0", "1"] and not any(r.failed for r in runs)
+    assert varying(runs) == (["aggregator"], [])
+    assert [r.label for r in runs] == ["aggregator=mgda", "aggregator=uniform"]
+    columns, rows = build_table(runs, "sr_mask")
+    assert columns == ["method", "sr_mask/stargan", "sr_mask/attgan", "sr_mask/mean"]
+    for run, row in zip(runs, rows, strict=True):
+        on_disk = json.loads((run.path / "metrics.json").read_text())
+        assert row == [run.label, *(float(on_disk[c]) for c in columns[1:])]
+    columns, rows = build_table(runs, ["sr_mask", "l2_mask"])
+    assert columns[4:] == ["l2_mask/stargan", "l2_mask/attgan", "l2_mask/mean"]
+    for run, row in zip(runs, rows, strict=True):
+        assert row[4:6] == [run.metrics["l2_mask/stargan"], run.metrics["l2_mask/attgan"]]
+        assert row[6] == pytest.approx((row[4] + row[5]) / 2)  # no l2_mask/mean in metrics.json: computed
+
+
+@pytest.mark.slow
+def test_the_html_report_is_self_contained(multirun: Path, tmp_path: Path) -> None:
+    assert main([str(multirun), "--out", str(tmp_path), "--metrics", "sr_mask,l2_mask"]) == 0
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 6  # 3 bars per metric
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page)
+    assert "<script" not in page and "<link" not in page
+    assert "aggregator=mgda" in page and "aggregator=uniform" in page
+    assert "<h2>l2_mask</h2>" in page
+
+
+# ------------------------------------------------------------------------------------- hand-made runs
+
+
+def test_failed_runs_are_listed_not_fatal(tmp_path: Path) -> None:
+    root = tmp_path / "multiruns" / "2026-01-01_00-00-00"
+    good = {"sr_mask/stargan": 0.5, "sr_mask/mean": 0.5, "weights/stargan": "official"}
+    fake_run(root / "0", config_of("mgda", root / "0"), good, {"aggregator": "mgda"})
+    fake_run(root / "1", config_of("uniform", root / "1"), "{not json", {"aggregator": "uniform"})
+    fake_run(root / "2", config_of("cmua", root / "2"), None, {"aggregator": "cmua"})
+    (root / "2" / "craft.log").write_text("[t][advwm][INFO] - start\n[t][advwm][ERROR] - victim attgan: boom\n")
+    runs = collect([root])
+    assert [r.failed for r in runs] == [False, True, True]
+    assert "unreadable" in runs[1].error and "no metrics.json" in runs[2].error and "boom" in runs[2].error
+    assert [r.label for r in runs] == ["aggregator=mgda", "aggregator=uniform", "aggregator=cmua"]
+    assert main([str(root)]) == 0  # --out defaults to the first argument
+    text = (root / "report.md").read_text()
+    _, body = md_table(text, "## Failed runs")
+    assert [row[0] for row in body] == ["aggregator=uniform", "aggregator=cmua"]
+    assert "victim attgan: boom" in body[1][2]
+    _, body = md_table(text, "## sr_mask")
+    assert body == [["aggregator=mgda", "0.500", "0.500"]]  # official weights: no † marker
+    assert "†" not in text
+
+
+def test_nan_and_missing_values_show_as_a_dash_and_the_mean_is_computed(tmp_path: Path) -> None:
+    runs = [
+        Run(tmp_path / "a", {"attack.iterations": 1}, {"fid/stargan": 12.0, "fid/attgan": float("nan")}, "a"),
+        Run(tmp_path / "b", {"attack.iterations": 2}, {"fid/stargan": 10.0, "fid/attgan": 20.0, "psnr": 30.0}, "b"),
+    ]
+    columns, rows = build_table(runs, "fid")
+    assert columns == ["method", "fid/stargan", "fid/attgan", "fid/mean"]
+    assert rows[0][:2] == ["a", 12.0] and math.isnan(rows[0][2]) and rows[0][3] == 12.0  # nan-aware mean
+    assert rows[1] == ["b", 10.0, 20.0, 15.0]
+    columns, rows = build_table(runs, "psnr")  # a metric with no per-victim breakdown: one column
+    assert columns == ["method", "psnr"] and math.isnan(rows[0][1]) and rows[1][1] == 30.0
+    assert report.fmt_number(float("nan")) == "–" and report.fmt_number(None) == "–"
+    assert report.fmt_number(0.12345) == "0.123"
+
+    for name, value in (("a", "NaN"), ("b", "0.25")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(f'{{"sr_mask/stargan": {value}, "weights/stargan": "random"}}')
+    assert main([str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    _, body = md_table((tmp_path / "out" / "report.md").read_text(), "## sr_mask")
+    assert body == [["a †", "–"], ["b †", "0.250"]]  # no config: rows named by folder
+
+
+def test_method_labels_drop_noise_and_prefer_hydra_choices(tmp_path: Path) -> None:
+    runs_dir = tmp_path / "multiruns" / "x"
+    specs = [("mgda", 0, 1), ("mgda", 0, 2), ("cmua", 1, 1)]
+    for index, (aggregator, seed, iterations) in enumerate(specs):
+        out = runs_dir / str(index)
+        config = config_of(aggregator, out, seed=seed, attack={"iterations": iterations, "step_size": 0.01},
+                           wandb={"name": f"run_2026-01-0{index + 1}_12-00-0{index}"})
+        if aggregator == "cmua":
+            config["aggregator"].update(variant="paper", alpha=0.5)
+        fake_run(out, config, {"sr_mask/stargan": 0.1 * index}, {"aggregator": aggregator, "regularizer": "none"},
+                 [f"aggregator={aggregator}", f"attack.iterations={iterations}", f"seed={seed}",
+                  f"paths.log_dir={tmp_path}", "hydra.sweeper.n_trials=3"])
+    runs = collect([runs_dir])
+    groups, keys = varying(runs)
+    # paths.*, output/save dirs and timestamps are noise; aggregator.* is explained by the choice
+    assert groups == ["aggregator"] and keys == ["attack.iterations", "seed"]
+    assert [r.label for r in runs] == ["aggregator=mgda, attack.iterations=1, seed=0",
+                                       "aggregator=mgda, attack.iterations=2, seed=0",
+                                       "aggregator=cmua, attack.iterations=1, seed=1"]
+
+    # equal configs: rows are told apart by their folder; one run alone is named by its folder
+    for index in range(2):
+        fake_run(tmp_path / "same" / str(index), config_of("mgda", tmp_path / "same" / str(index)), {"sr_mask/x": 1})
+    assert [r.label for r in collect([tmp_path / "same"])] == ["0", "1"]
+    assert [r.label for r in collect([tmp_path / "same" / "0"])] == ["0"]
+
+
+def test_group_overrides_name_the_method(tmp_path: Path) -> None:
+    """`+victims=[...]` is not among Hydra's runtime choices: the override names the method instead."""
+    for index, victims in enumerate((["stargan"], ["stargan", "attgan"])):
+        out = tmp_path / str(index)
+        config = config_of("cmua", out, victims={v: {"step_scale": 1.0} for v in victims})
+        fake_run(out, config, {f"sr_mask/{v}": 0.0 for v in victims}, {"aggregator": "cmua"},
+                 [f"+victims=[{','.join(victims)}]"])
+    assert [r.label for r in collect([tmp_path])] == ["victims=[stargan]", "victims=[stargan,attgan]"]
+
+
+def test_a_missing_folder_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(tmp_path / "nope")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty")]) == 2
+    assert "no run folder" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------- sweeps
+
+
+@pytest.fixture()
+def study(tmp_path: Path) -> tuple[str, str, float, dict]:
+    optuna = pytest.importorskip("optuna")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = f"sqlite:///{tmp_path / 'optuna' / 'steps.db'}"
+    (tmp_path / "optuna").mkdir()
+    created = optuna.create_study(study_name="cmua_stargan", storage=storage, direction="maximize",
+                                  sampler=optuna.samplers.RandomSampler(seed=0))
+    for value in (0.25, 0.625, 0.5, 0.125):
+        trial = created.ask()
+        trial.suggest_float("victims.stargan.step_scale", 0.0, 10.0)
+        created.tell(trial, value)
+    failed = created.ask()
+    created.tell(failed, state=optuna.trial.TrialState.FAIL)
+    return storage, "cmua_stargan", created.best_value, created.best_params
+
+
+def test_sweep_history_from_a_study(tmp_path: Path, study: tuple[str, str, float, dict]) -> None:
+    storage, name, best, params = study
+    out = tmp_path / "out"
+    assert main(["--study", storage, "--study-name", name, "--out", str(out)]) == 0
+    chart = out / "report_files" / "sweep_cmua_stargan.png"
+    assert chart.stat().st_size > 1000
+    text = (out / "report.md").read_text()
+    assert best == 0.625 and "Best value: 0.625 (trial 1" in text
+    _, body = md_table(text, "## Sweep history: cmua_stargan")
+    assert body == [["victims.stargan.step_scale", f"{params['victims.stargan.step_scale']:g}"]]
+    assert "5 trials: 4 complete, 1 fail." in text
+    _, trials = md_table(text, "### Trials of cmua_stargan")
+    assert [row[2] for row in trials] == ["0.250", "0.625", "0.500", "0.125", "–"]
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+
+    history = report.load_history(storage)  # one study in the storage: no name needed
+    assert history["name"] == name and history["best"]["value"] == best and history["direction"] == "maximize"
+    assert report.best_so_far([0.25, 0.625, 0.5, 0.125], "maximize") == [0.25, 0.625, 0.625, 0.625]
+    assert report.best_so_far([3.0, 1.0, 2.0], "minimize") == [3.0, 1.0, 1.0]
+
+
+def test_the_study_is_found_from_the_runs_config(tmp_path: Path, study: tuple[str, str, float, dict]) -> None:
+    storage, name, best, _ = study
+    root = tmp_path / "cmua_search" / "multiruns" / "t"
+    for index, scale in enumerate((1.5, 7.25)):
+        out = root / str(index)
+        config = config_of("cmua", out, hparams_search_storage=storage, study_name=name,
+                           victims={"stargan": {"step_scale": scale}})
+        fake_run(out, config, {"sr_mask/stargan": 0.5, "sr_mask/mean": 0.5}, {"aggregator": "cmua"},
+                 [f"victims.stargan.step_scale={scale}"])
+    (root / "optimization_results.yaml").write_text(yaml.safe_dump({"name": "optuna", "best_value": best}))
+    assert main([str(root), "--out", str(tmp_path / "out")]) == 0
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "## Sweep history: cmua_stargan" in text and "Best value: 0.625" in text
+    assert "## Sweeper summaries (optimization_results.yaml)" in text
+    _, body = md_table(text, "## sr_mask")
+    assert [row[0] for row in body] == ["victims.stargan.step_scale=1.5", "victims.stargan.step_scale=7.25"]
+    assert (tmp_path / "out" / "report_files" / "sweep_cmua_stargan.png").is_file()
+
+
+def test_a_missing_study_database_is_reported_not_created(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'absent.db'}"
+    assert main(["--study", storage, "--study-name", "s", "--out", str(tmp_path / "out")]) == 0
+    assert "no study database" in (tmp_path / "out" / "report.md").read_text()
+    assert not (tmp_path / "absent.db").exists()
