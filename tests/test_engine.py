@@ -92,12 +92,19 @@ def test_clean_outputs_are_computed_once_per_batch_and_victims_stay_frozen() -> 
     victim = LinearVictim("a", 1.0)
     module = WatermarkAttack([victim], aggregator=make_aggregator("uniform"), domains=UniformDomains(),
                              regularizer=make_regularizer("none"), attack=AttackSettings("pgd", 0.01),
-                             eps=0.05, iterations=3, image_size=4, batch_size=2)
+                             eps=0.05, iterations=3, image_size=4, batch_size=2, micro_batches={"a": None})
     fit(module, TensorFaces(torch.zeros(4, 3, 4, 4), batch_size=2, repeats=3))
     assert victim.clean_calls == 2  # 2 batches x 1 stacked forward (both conditions at once)
     assert victim.grad_calls == 6  # 2 batches x 3 iterations, one stacked forward each
     assert victim.gain.grad is None and not victim.gain.requires_grad
     assert module.iteration == 6
+    one_at_a_time = LinearVictim("a", 1.0)  # the CPU default ("auto"): one (image, condition) pair per forward
+    module = WatermarkAttack([one_at_a_time], aggregator=make_aggregator("uniform"), domains=UniformDomains(),
+                             regularizer=make_regularizer("none"), attack=AttackSettings("pgd", 0.01),
+                             eps=0.05, iterations=3, image_size=4, batch_size=2)
+    fit(module, TensorFaces(torch.zeros(4, 3, 4, 4), batch_size=2, repeats=3))
+    assert one_at_a_time.clean_calls == 2 * 4  # 2 batches x (2 images x 2 conditions)
+    assert one_at_a_time.grad_calls == 6 * 4
 
 
 @pytest.fixture(scope="module")

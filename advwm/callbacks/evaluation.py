@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 PER_CONDITION = ("sr_mask", "l2_mask", "ruiz", "avg_l", "attack_rate")
 AVERAGED_OVER_VICTIMS = ("sr_mask", "ruiz", "avg_l", "attack_rate")
+SSIM_WINDOW = 11
 
 
 @dataclass
@@ -130,7 +131,8 @@ class Judge:
                 }
         if "psnr" in self.metrics:
             self.metrics["psnr"].update(protected, x)
-            self.metrics["ssim"].update(protected, x)
+            if min(x.shape[-2:]) >= SSIM_WINDOW:  # SSIM's Gaussian window needs at least 11x11 pixels
+                self.metrics["ssim"].update(protected, x)
         self.images += x.shape[0]
 
     def results(self, trainer: Trainer | None = None) -> dict[str, Any]:
