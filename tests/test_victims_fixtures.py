@@ -7,7 +7,6 @@ picked up automatically; folders of victims not implemented yet are skipped, imp
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +22,7 @@ WEIGHT_FILES = ("small_state_dict.pt", "small_checkpoint.pt")
 MIXUP_KEYS = ("outputs_eval_mode", "outputs_train_mode")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    """Tiny nets: with 2 OpenMP threads on a busy 2-core box each op waits on barriers (~100x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _victim_dirs() -> list[Path]:

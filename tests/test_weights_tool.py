@@ -38,12 +38,7 @@ STARGAN_ARGS = _arch_args(SMALL_STARGAN)
 ATTGAN_ARGS = _arch_args(SMALL_ATTGAN)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(autouse=True)
