@@ -15,6 +15,7 @@ from typing import Any
 
 import hydra
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
@@ -81,6 +82,9 @@ def build_victims(cfg: DictConfig) -> list[ResolvedVictim]:
         checkpoint, weights = resolve_weights(str(name), entry)
         victim = build_victim(str(name), checkpoint=checkpoint, arch=_plain(entry.get("arch")) or {},
                               image_size=int(cfg.image_size), **(_plain(entry.get("options")) or {}))
+        if entry.get("compile", False):
+            # measured on the 2-core CPU: StarGAN 1.18 -> 0.92 s per image-condition, after ~55 s of compiling
+            victim.network = torch.compile(victim.network)
         resolved.append(ResolvedVictim(victim, weights, checkpoint))
         log.info("victim %s: %s weights%s, %d conditions", name, weights,
                  f" from {checkpoint}" if checkpoint else "", len(victim.condition_names))

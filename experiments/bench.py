@@ -51,7 +51,8 @@ def timed(fn, iterations: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / iterations
 
 
-def bench_victim(name: str, size: int, batch: int, iterations: int, device: torch.device) -> dict:
+def bench_victim(name: str, size: int, batch: int, iterations: int, device: torch.device,
+                 compile_network: bool = False) -> dict:
     victim = build_victim(name, checkpoint=None, image_size=size).to(device)
     torch.manual_seed(0)
     x = (torch.rand(batch, 3, size, size, device=device) * 2 - 1)
@@ -70,6 +71,14 @@ def bench_victim(name: str, size: int, batch: int, iterations: int, device: torc
         "frozen, one image-condition at a time (micro_batch=1)":
             lambda: stacked_gradients(victim, protected, conditions, targets, micro_batch=1),
     }
+    if compile_network:
+        compiled = build_victim(name, checkpoint=None, image_size=size).to(device)
+        compiled.network = torch.compile(compiled.network)
+        started = time.perf_counter()
+        stacked_gradients(compiled, protected, conditions, targets, micro_batch=1)
+        print(f"{name:8s} torch.compile: first iteration (compiling) {time.perf_counter() - started:.1f} s", flush=True)
+        plans["frozen + torch.compile, one image-condition at a time"] = \
+            lambda: stacked_gradients(compiled, protected, conditions, targets, micro_batch=1)
     rows = {}
     for plan, fn in plans.items():
         seconds = timed(fn, iterations, device)
@@ -90,13 +99,15 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=2, help="timed iterations per plan (after 1 warm-up)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="outputs/bench")
+    parser.add_argument("--compile", action="store_true", help="also time the torch.compile'd network")
     args = parser.parse_args()
     device = torch.device(args.device)
     results = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
                     "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
-        "victims": {name: bench_victim(name, args.size, args.batch, args.iterations, device) for name in args.victims},
+        "victims": {name: bench_victim(name, args.size, args.batch, args.iterations, device, args.compile)
+                    for name in args.victims},
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     out = Path(args.out)

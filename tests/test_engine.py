@@ -173,3 +173,18 @@ def test_per_image_evaluation_and_export_use_each_batch_final_perturbation(tmp_p
     protected = (images + saved["perturbations"]).clamp(-1, 1)
     assert torch.allclose(protected - images, saved["perturbations"], atol=1e-6)  # x + delta stays in range
     assert saved["perturbations"].abs().max() <= 0.05 + 1e-7 and saved["perturbations"].abs().min() < 0.05
+
+
+@pytest.mark.slow
+def test_a_compiled_victim_gives_the_eager_gradients(small_stargan) -> None:
+    compiled = build_victim("stargan", checkpoint=None, arch={"conv_dim": 8, "repeat_num": 1}, image_size=16)
+    compiled.network.load_state_dict(small_stargan.network.state_dict())
+    compiled.network = torch.compile(compiled.network)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    conditions = small_stargan.conditions(torch.zeros(2, 40))
+    with torch.no_grad():
+        targets = [small_stargan(x, c) for c in conditions]
+    protected = (x + 0.05 * torch.randn_like(x)).clamp(-1, 1)
+    eager, _ = stacked_gradients(small_stargan, protected, conditions, targets, micro_batch=1)
+    fast, _ = stacked_gradients(compiled, protected, conditions, targets, micro_batch=1)
+    assert torch.allclose(fast, eager, atol=1e-6, rtol=1e-4)
