@@ -83,7 +83,8 @@ def build_victims(cfg: DictConfig) -> list[ResolvedVictim]:
         victim = build_victim(str(name), checkpoint=checkpoint, arch=_plain(entry.get("arch")) or {},
                               image_size=int(cfg.image_size), **(_plain(entry.get("options")) or {}))
         if entry.get("compile", False):
-            # measured on the 2-core CPU: StarGAN 1.18 -> 0.92 s per image-condition, after ~55 s of compiling
+            # experiments/bench.py --compile on the 2-core CPU: no gain (StarGAN 1.15 vs 1.09 s, AttGAN 0.30 vs
+            # 0.30 s per image-condition, after 12-55 s of compiling); an option for accelerators, unmeasured here
             victim.network = torch.compile(victim.network)
         resolved.append(ResolvedVictim(victim, weights, checkpoint))
         log.info("victim %s: %s weights%s, %d conditions", name, weights,

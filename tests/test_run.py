@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -160,6 +161,18 @@ def test_per_image_runs_keep_each_protected_image_valid(tmp_path: Path, attack: 
     assert saved["names"] == ["astronaut", "grace_hopper", "astronaut@mirror"]
     assert saved["perturbations"].abs().max() <= 0.05 + 1e-6
     assert metrics["judged/stargan"] == 3 * 5 and metrics["steps"] == 2 * 3
+    from PIL import Image
+
+    for name in saved["names"]:  # the protected faces, ready to share, equal x + delta up to 8-bit rounding
+        assert Image.open(tmp_path / "protected" / f"{name}.png").size == (32, 32)
+    from advwm.data import DemoDataModule
+
+    demo = DemoDataModule(craft=["grace_hopper"], evaluate=["astronaut"], image_size=32, batch_size=1)
+    demo.setup()
+    clean = next(iter(demo.train_dataloader()))["image"][0]
+    png = torch.from_numpy(np.asarray(Image.open(tmp_path / "protected" / "grace_hopper.png"))).permute(2, 0, 1)
+    expected = ((clean + saved["perturbations"][1]).clamp(-1, 1) + 1) / 2 * 255
+    assert (png.float() - expected).abs().max() <= 0.5 + 1e-3
 
 
 @pytest.mark.slow

@@ -58,8 +58,18 @@ class WatermarkExport(Callback):
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
         if pl_module.scope == "per_image" and pl_module.last_batch is not None:
+            names = list(pl_module.last_batch["name"])
             self.per_image.append(pl_module.watermark())
-            self.names.extend(list(pl_module.last_batch["name"]))
+            self.names.extend(names)
+            if trainer.is_global_zero:
+                self.save_protected(pl_module.protect(pl_module.last_batch["image"]).detach().cpu(), names)
+
+    def save_protected(self, protected: torch.Tensor, names: list[str]) -> None:
+        """Per-image scope: each protected face as `protected/<name>.png` (what a user shares instead)."""
+        for image, name in zip(protected, names, strict=True):
+            path = (self.output_dir / "protected" / name).with_suffix(".png")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_image(to_unit_range(image), path)
 
     def payload(self, module: LightningModule) -> torch.Tensor | dict:
         if module.scope == "universal":
