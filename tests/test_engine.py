@@ -188,3 +188,17 @@ def test_a_compiled_victim_gives_the_eager_gradients(small_stargan) -> None:
     eager, _ = stacked_gradients(small_stargan, protected, conditions, targets, micro_batch=1)
     fast, _ = stacked_gradients(compiled, protected, conditions, targets, micro_batch=1)
     assert torch.allclose(fast, eager, atol=1e-6, rtol=1e-4)
+
+
+def test_apgd_schedule_spans_the_whole_run_for_a_universal_watermark() -> None:
+    victims = [LinearVictim("a", 2.0)]
+    module = WatermarkAttack(victims, aggregator=make_aggregator("uniform"), domains=UniformDomains(),
+                             regularizer=make_regularizer("none"), attack=AttackSettings("apgd", 0.1),
+                             eps=0.05, iterations=5, image_size=4, batch_size=1)
+    fit(module, TensorFaces(torch.rand(3, 3, 4, 4) - 0.5, batch_size=1, repeats=5))
+    assert module.base_attack.checkpoints[-1] <= 15 and module.base_attack.checkpoints[1] == 4  # ceil(0.22*15)
+    per_image = WatermarkAttack(victims, aggregator=make_aggregator("uniform"), domains=UniformDomains(),
+                                regularizer=make_regularizer("none"), attack=AttackSettings("apgd", 0.1),
+                                scope="per_image", eps=0.05, iterations=5, image_size=4, batch_size=1)
+    fit(per_image, TensorFaces(torch.rand(3, 3, 4, 4) - 0.5, batch_size=1, repeats=5))
+    assert per_image.base_attack.checkpoints[1] == 2  # ceil(0.22*5)

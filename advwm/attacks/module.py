@@ -114,7 +114,12 @@ class WatermarkAttack(LightningModule):
     def configure_optimizers(self) -> SignStepAttack:
         options = dict(self.attack.options)
         if self.attack.name == "apgd":
-            options.setdefault("n_iter", self.iterations)
+            # APGD's checkpoint schedule spans the iterations one perturbation gets: a batch's for per-image
+            # perturbations (reset per batch), the whole run's for a universal watermark.
+            total = self.iterations
+            if self.scope == "universal" and self._trainer is not None:
+                total = int(self.trainer.estimated_stepping_batches)
+            options.setdefault("n_iter", total)
         return make_base_attack(self.attack.name, [self.perturbation], eps=self.eps,
                                 step_size=self.attack.step_size, **options)
 
