@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -67,11 +66,9 @@ def hyperfas_file() -> Path:
 
 @pytest.mark.slow
 def test_cli_demo_with_small_random_victims_writes_every_output(tmp_path: Path) -> None:
-    start = time.perf_counter()
     result = run_cli(["experiment=demo", "weights=random", "attack.iterations=2", *SMALL,
                       f"metrics.liveness_weights={hyperfas_file()}", f"hydra.run.dir={tmp_path}"])
     assert result.returncode == 0, result.stderr[-3000:]
-    assert time.perf_counter() - start < 60
     for name in ("config.yaml", "watermark.pt", "watermark.png", "metrics.json", "csv/metrics.csv",
                  "images/stargan.png", "images/attgan.png", "demo.log", "checkpoints/last.ckpt"):
         assert (tmp_path / name).is_file(), name
