@@ -80,8 +80,11 @@ def build_victims(cfg: DictConfig) -> list[ResolvedVictim]:
     resolved = []
     for name, entry in chosen.items():
         checkpoint, weights = resolve_weights(str(name), entry)
-        victim = build_victim(str(name), checkpoint=checkpoint, arch=_plain(entry.get("arch")) or {},
-                              image_size=int(cfg.image_size), **(_plain(entry.get("options")) or {}))
+        try:
+            victim = build_victim(str(name), checkpoint=checkpoint, arch=_plain(entry.get("arch")) or {},
+                                  image_size=int(cfg.image_size), **(_plain(entry.get("options")) or {}))
+        except (ValueError, TypeError) as error:  # a wrong arch/option/size: say which victim's config
+            raise ConfigError(f"victims.{name}: {error}") from error
         if entry.get("compile", False):
             # experiments/bench.py --compile on the 2-core CPU: no gain (StarGAN 1.15 vs 1.09 s, AttGAN 0.30 vs
             # 0.30 s per image-condition, after 12-55 s of compiling); an option for accelerators, unmeasured here

@@ -275,3 +275,15 @@ def test_the_papers_victim_sets_run_and_report_per_condition(tmp_path: Path, vic
         assert (tmp_path / "images" / f"{victim}.png").is_file()
     for key in expected:
         assert f"sr_mask/{key}" in metrics, key
+
+
+def test_a_wrong_victim_config_is_one_error_naming_the_victim(tmp_path: Path) -> None:
+    from advwm.pipeline import ConfigError
+
+    cfg = compose_run(tmp_path, ["+victims=[attgan]", "weights=random", "image_size=128",
+                                 "+victims.attgan.arch.img_size=256"])
+    with pytest.raises(ConfigError, match=r"victims\.attgan: .*img_size=256 differs from image_size=128"):
+        craft(cfg)
+    cfg = compose_run(tmp_path, ["+victims=[stargan]", "weights=random", "+victims.stargan.arch.nonsense=3"])
+    with pytest.raises(ConfigError, match=r"victims\.stargan: .*unknown arch argument.*nonsense"):
+        craft(cfg)
