@@ -202,3 +202,22 @@ def test_apgd_schedule_spans_the_whole_run_for_a_universal_watermark() -> None:
                                 scope="per_image", eps=0.05, iterations=5, image_size=4, batch_size=1)
     fit(per_image, TensorFaces(torch.rand(3, 3, 4, 4) - 0.5, batch_size=1, repeats=5))
     assert per_image.base_attack.checkpoints[1] == 2  # ceil(0.22*5)
+
+
+def test_reference_cmua_continues_hisd_from_the_watermark_with_an_offset_target() -> None:
+    alpha, eps, step, scale = 0.5, 0.05, 0.01, 2.0
+    restarting = LinearVictim("a", 1.0, levels=(0.0,))
+    continuing = LinearVictim("hisd", 3.0, levels=(0.0,))
+    module = WatermarkAttack([restarting, continuing], aggregator=CMUAFusion(alpha=alpha, variant="reference"),
+                             domains=UniformDomains(), regularizer=make_regularizer("none"),
+                             attack=AttackSettings("ifgsm", step, options={"random_start": False}), eps=eps,
+                             iterations=1, image_size=4, batch_size=2, step_scales={"a": 1.0, "hisd": scale})
+    w0 = (torch.rand(1, 3, 4, 4) - 0.5) * 0.06
+    start_from(module, w0)
+    fit(module, TensorFaces(torch.zeros(2, 3, 4, 4), batch_size=2, repeats=1))
+    # victim "a" restarts at x = 0, where its gradient is exactly 0: eta = 0, so W1 = alpha * W0
+    w1 = alpha * w0
+    # "hisd" starts at x + W1 and moves away from G(x) + 0.002 = 0.002: sign(3 * W1 - 0.002)
+    moved = w1 + step * (3.0 * w1 - 0.002).sign()
+    w2 = alpha * w1 + (1 - alpha) * (scale * moved).clamp(-eps, eps)
+    assert torch.allclose(module.perturbation.detach(), w2, atol=1e-7)

@@ -31,6 +31,9 @@ from advwm.attacks.steps import SignStepAttack, make_base_attack
 log = logging.getLogger(__name__)
 
 SCOPES = ("universal", "per_image")
+# Victims whose loop in the released CMUA code continues from x + W instead of restarting from noise,
+# with the target offset that code adds to the clean output (universal_perturb_HiSD: y = G(x) + 0.002).
+REFERENCE_CONTINUING: dict[str, float] = {"hisd": 0.002}
 BATCH_REDUCTIONS = ("sign_mean", "mean")
 
 
@@ -274,15 +277,22 @@ class WatermarkAttack(LightningModule):
         blend the batch mean of clamp(s_j * (X_adv - x), -eps, eps) into W (the very first blend takes it
         as is), and continue from X = clamp(x + W, -1, 1). The per-victim factor s_j (`step_scale`)
         scales the whole displacement. The loss is the batch-mean MSE, as nn.MSELoss computes it.
+        The released HiSD loop differs (REFERENCE_CONTINUING): it starts from x + W (x alone before the
+        first blend), not from noise, and its target is the clean output plus 0.002.
         """
         alpha = self.aggregator.alpha
         random_start = bool(self.attack.options.get("random_start", self.attack.name == "pgd"))
         total = torch.zeros((), device=self.device)
         for j, victim in enumerate(self.victims):
             scale = self.step_scales[victim.name]
+            offset = REFERENCE_CONTINUING.get(victim.name)
             for condition, target in zip(cache.conditions[j], cache.targets[j], strict=True):
                 current = x.clone()
-                if random_start:
+                if offset is not None:
+                    target = target + offset
+                    if bool(self.started):
+                        current = (x + self.perturbation.detach()).clamp(-1.0, 1.0)
+                elif random_start:
                     current = current + torch.empty_like(x).uniform_(-self.eps, self.eps)
                 for _ in range(self.iterations):
                     current = current.detach().requires_grad_(True)
