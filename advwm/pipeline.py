@@ -162,8 +162,9 @@ def craft(cfg: DictConfig) -> dict[str, Any]:
                           "parallelise over runs (multirun) instead")
     resolved = build_victims(cfg)
     random_names = [r.victim.name for r in resolved if r.weights == "random"]
-    if random_names:
-        log.warning(RANDOM_WEIGHTS_NOTE.format(names=", ".join(random_names)))
+    random_note = RANDOM_WEIGHTS_NOTE.format(names=", ".join(random_names)) if random_names else None
+    if random_note:
+        log.warning(random_note)
     module = build_module(cfg, [r.victim for r in resolved])
     repeats = 1 if module.reference_fusion else int(cfg.attack.iterations)
     datamodule = build_datamodule(cfg, repeats)
@@ -191,16 +192,16 @@ def craft(cfg: DictConfig) -> dict[str, Any]:
     })
     for r in resolved:
         metrics[f"weights/{r.victim.name}"] = r.weights
-    if random_names:
-        metrics["note"] = RANDOM_WEIGHTS_NOTE.format(names=", ".join(random_names))
+    if random_note:
+        metrics["note"] = random_note
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     log_results(trainer.loggers, metrics, steps, grids, output_dir / "watermark.png")
     finish(trainer.loggers)
 
     print("\n" + metrics_table(metrics, [r.victim.name for r in resolved]))
     print(f"\noutputs: {output_dir}  (watermark.pt, watermark.png, metrics.json, images/: {len(grids)} grid(s))")
-    if random_names:
-        print("NOTE: " + metrics["note"])
+    if random_note:
+        print("NOTE: " + random_note)
     return metrics
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from advwm.victims.base import Victim
+from advwm.victims.base import Victim, check_attribute_count
 
 ATTGAN_ATTRS: tuple[str, ...] = (
     "Bald",
@@ -233,11 +233,7 @@ class AttGANVictim(Victim):
         test_int: float = 1.0,
     ) -> None:
         attrs = tuple(attrs)
-        n_attrs = getattr(network, "n_attrs", None)
-        if n_attrs is not None and n_attrs != len(attrs):
-            raise ValueError(
-                f"attgan: generator n_attrs={n_attrs} but {len(attrs)} attrs given: {list(attrs)}"
-            )
+        check_attribute_count("attgan", network, "n_attrs", attrs)
         img_size = getattr(network, "img_size", None)
         if img_size is not None and img_size != image_size:
             raise ValueError(f"attgan: generator img_size={img_size} differs from image_size={image_size}")

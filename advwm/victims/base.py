@@ -71,6 +71,14 @@ def attribute_indices(attrs: Sequence[str]) -> list[int]:
     return [CELEBA_ATTRIBUTES.index(a) for a in attrs]
 
 
+def check_attribute_count(victim: str, network: nn.Module, field: str, attrs: Sequence[str],
+                          label: str | None = None) -> None:
+    """The generator's attribute width (`network.<field>`, if it has one) must match the attrs given."""
+    width = getattr(network, field, None)
+    if width is not None and width != len(attrs):
+        raise ValueError(f"{victim}: generator {label or field}={width} but {len(attrs)} attrs given: {list(attrs)}")
+
+
 def freeze(network: nn.Module) -> nn.Module:
     """Stop weight gradients: the attack only needs d(output)/d(input), and skipping the rest is ~1.5x."""
     network.requires_grad_(False)

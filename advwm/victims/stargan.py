@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advwm.victims.base import Victim
+from advwm.victims.base import Victim, check_attribute_count
 
 STARGAN_ATTRS: tuple[str, ...] = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young")
 HAIR_COLOURS: tuple[str, ...] = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair")
@@ -138,9 +138,7 @@ class StarGANVictim(Victim):
         self, network: Generator, image_size: int = 256, attrs: Sequence[str] = STARGAN_ATTRS
     ) -> None:
         attrs = tuple(attrs)
-        c_dim = getattr(network, "c_dim", None)
-        if c_dim is not None and c_dim != len(attrs):
-            raise ValueError(f"{self.name}: generator c_dim={c_dim} but {len(attrs)} attrs given: {list(attrs)}")
+        check_attribute_count(self.name, network, "c_dim", attrs)
         super().__init__(network, image_size, attrs)
 
     @property

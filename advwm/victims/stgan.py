@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from advwm.victims.attgan import ATTGAN_ATTRS
-from advwm.victims.base import Victim
+from advwm.victims.base import Victim, check_attribute_count
 from advwm.victims.stargan import stargan_conditions
 
 # CDMAA's STGAN: the 13 attributes of the original STGAN / AttGAN CelebA models.
@@ -197,9 +197,7 @@ class STGANVictim(Victim):
         reconstruction: bool = False,
     ) -> None:
         attrs = tuple(attrs)
-        n_attrs = getattr(network, "n_attrs", None)
-        if n_attrs is not None and n_attrs != len(attrs):
-            raise ValueError(f"stgan: generator attr_dim={n_attrs} but {len(attrs)} attrs given: {list(attrs)}")
+        check_attribute_count("stgan", network, "n_attrs", attrs, label="attr_dim")
         if domains is not None:
             domains = tuple(str(d) for d in domains)
             missing = [d for d in domains if d not in attrs]
