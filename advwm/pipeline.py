@@ -109,22 +109,26 @@ def build_module(cfg: DictConfig, victims: list[Victim]) -> WatermarkAttack:
                               options=dict(attack_cfg.get("options") or {}),
                               diversity_prob=float(attack_cfg.get("diversity_prob", 0.0)),
                               diversity_resize_rate=float(attack_cfg.get("diversity_resize_rate", 1.1)))
-    return WatermarkAttack(
-        victims,
-        aggregator=aggregator,
-        domains=domains,
-        regularizer=regularizer,
-        attack=settings,
-        scope=str(cfg.scope.name),
-        eps=float(cfg.eps),
-        iterations=int(cfg.attack.iterations),
-        image_size=int(cfg.image_size),
-        batch_size=int(cfg.data.batch_size),
-        step_scales={str(n): float(e.get("step_scale", 1.0)) for n, e in cfg.victims.items()},
-        micro_batches={str(n): e.get("micro_batch") for n, e in cfg.victims.items()},
-        batch_reduction=str(cfg.scope.get("batch_reduction", "sign_mean")),
-        seed=int(cfg.seed),
-    )
+    try:
+        return WatermarkAttack(
+            victims,
+            aggregator=aggregator,
+            domains=domains,
+            regularizer=regularizer,
+            attack=settings,
+            scope=str(cfg.scope.name),
+            eps=float(cfg.eps),
+            iterations=int(cfg.attack.iterations),
+            image_size=int(cfg.image_size),
+            batch_size=int(cfg.data.batch_size),
+            step_scales={str(n): float(e.get("step_scale", 1.0)) for n, e in cfg.victims.items()},
+            micro_batches={str(n): e.get("micro_batch") for n, e in cfg.victims.items()},
+            batch_reduction=str(cfg.scope.get("batch_reduction", "sign_mean")),
+            fused_step=str(cfg.scope.get("fused_step", "mean")),
+            seed=int(cfg.seed),
+        )
+    except ValueError as error:  # a contradictory attack config: one line naming what to change
+        raise ConfigError(str(error)) from error
 
 
 def build_datamodule(cfg: DictConfig, repeats: int):

@@ -92,6 +92,10 @@ def test_paper_presets_are_one_multirun_over_the_table_rows(preset: str) -> None
     victims = set(cfg.victims)
     assert victims == ({"stargan", "aggan", "attgan", "hisd"} if preset.startswith("cmua")
                        else {"stargan", "attgan", "stgan", "ugatit"})
+    if preset.startswith("cdmaa"):  # CDMAA section 4.1: 100 faces sampled at random from the test split
+        assert (cfg.data.n_craft, cfg.data.sample, cfg.data.partition) == (100, "random", "test")
+    else:  # CMUA: the first 128 test faces craft the watermark
+        assert (cfg.data.n_craft, cfg.data.sample, cfg.data.partition) == (128, "first", "test")
 
 
 def test_victims_override_reaches_each_victim() -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 from lightning.pytorch import Trainer
-from toys import LinearVictim, TensorFaces
+from toys import LinearVictim, MixVictim, TensorFaces, mix_vote
 
 from advwm.attacks.aggregators import CMUAFusion, Uniform, make_aggregator
 from advwm.attacks.domains import UniformDomains, make_domains, stacked_gradients
 from advwm.attacks.module import AttackSettings, WatermarkAttack
+from advwm.attacks.reference import cmua_reference_watermark
 from advwm.attacks.regularizers import make_regularizer
 from advwm.callbacks import EvaluationCallback, WatermarkExport
 from advwm.victims import build_victim
@@ -30,20 +31,43 @@ def start_from(module: WatermarkAttack, delta: torch.Tensor) -> None:
     module.started.fill_(True)
 
 
-def test_cmua_paper_fusion_matches_the_hand_computed_update() -> None:
+@pytest.mark.parametrize("fused_step", ["mean", "sign"])
+def test_cmua_paper_fusion_with_split_votes_matches_the_hand_computed_update(fused_step: str) -> None:
+    """Images differ, so the per-image sign votes split: `mean` steps by a * (mean vote), `sign` by a * sign."""
     torch.manual_seed(0)
     eps, step, alpha = 0.05, 0.01, 0.5
-    victims = [LinearVictim("a", 1.0), LinearVictim("b", 3.0)]
+    victims = [MixVictim("a", 1.0), MixVictim("b", 3.0)]
     module = WatermarkAttack(victims, aggregator=CMUAFusion(alpha=alpha), domains=UniformDomains(),
-                             regularizer=make_regularizer("none"), attack=AttackSettings("ifgsm", step),
-                             eps=eps, iterations=1, image_size=4, batch_size=2, step_scales={"a": 1.0, "b": 2.5})
+                             regularizer=make_regularizer("none"), attack=AttackSettings("pgd", step),
+                             eps=eps, iterations=1, image_size=4, batch_size=4, step_scales={"a": 1.0, "b": 2.5},
+                             fused_step=fused_step)
+    x = torch.rand(4, 3, 4, 4) * 1.8 - 0.9
     w0 = (torch.rand(1, 3, 4, 4) - 0.5) * 0.08
     start_from(module, w0)
-    fit(module, TensorFaces(torch.zeros(2, 3, 4, 4), batch_size=2, repeats=1))
-    # x = 0 so no image-range clamp; each image's gradient has the sign of W, so G_j = sign(W).
-    w1 = alpha * w0 + (1 - alpha) * (w0 + step * 1.0 * w0.sign()).clamp(-eps, eps)
-    w2 = alpha * w1 + (1 - alpha) * (w1 + step * 2.5 * w1.sign()).clamp(-eps, eps)
-    assert torch.allclose(module.perturbation.detach(), w2, atol=1e-7)
+    fit(module, TensorFaces(x, batch_size=4, repeats=1))
+    w, split = w0, False
+    for scale in (1.0, 2.5):
+        votes = mix_vote(x + w, x).mean(dim=0, keepdim=True)  # image-level fusion
+        split |= bool((votes.abs() < 1).float().mean() > 0.2)
+        direction = votes if fused_step == "mean" else votes.sign()
+        w = alpha * w + (1 - alpha) * (w + step * scale * direction).clamp(-eps, eps)
+    assert split, "the test needs non-unanimous votes"
+    assert torch.allclose(module.perturbation.detach(), w, atol=1e-7)
+
+
+def test_fused_mean_and_sign_differ_and_without_image_level_fusion_the_mean_gradient_is_signed() -> None:
+    x = torch.rand(4, 3, 4, 4) * 1.8 - 0.9
+    results = {}
+    for reduction, fused_step in (("sign_mean", "mean"), ("sign_mean", "sign"), ("mean", "mean"), ("mean", "sign")):
+        module = WatermarkAttack([MixVictim("a", 1.0)], aggregator=CMUAFusion(), domains=UniformDomains(),
+                                 regularizer=make_regularizer("none"), attack=AttackSettings("pgd", 0.01), eps=0.05,
+                                 iterations=2, image_size=4, batch_size=4, batch_reduction=reduction,
+                                 fused_step=fused_step)
+        fit(module, TensorFaces(x, batch_size=4, repeats=2))
+        results[reduction, fused_step] = module.watermark()
+    assert not torch.equal(results["sign_mean", "mean"], results["sign_mean", "sign"])
+    assert torch.equal(results["mean", "mean"], results["mean", "sign"])  # CMUA Table 4's fusion-off rows
+    assert not torch.equal(results["mean", "sign"], results["sign_mean", "sign"])
 
 
 class SpyAggregator(Uniform):
@@ -204,20 +228,156 @@ def test_apgd_schedule_spans_the_whole_run_for_a_universal_watermark() -> None:
     assert per_image.base_attack.checkpoints[1] == 2  # ceil(0.22*5)
 
 
-def test_reference_cmua_continues_hisd_from_the_watermark_with_an_offset_target() -> None:
-    alpha, eps, step, scale = 0.5, 0.05, 0.01, 2.0
-    restarting = LinearVictim("a", 1.0, levels=(0.0,))
-    continuing = LinearVictim("hisd", 3.0, levels=(0.0,))
-    module = WatermarkAttack([restarting, continuing], aggregator=CMUAFusion(alpha=alpha, variant="reference"),
-                             domains=UniformDomains(), regularizer=make_regularizer("none"),
-                             attack=AttackSettings("ifgsm", step, options={"random_start": False}), eps=eps,
-                             iterations=1, image_size=4, batch_size=2, step_scales={"a": 1.0, "hisd": scale})
-    w0 = (torch.rand(1, 3, 4, 4) - 0.5) * 0.06
-    start_from(module, w0)
-    fit(module, TensorFaces(torch.zeros(2, 3, 4, 4), batch_size=2, repeats=1))
-    # victim "a" restarts at x = 0, where its gradient is exactly 0: eta = 0, so W1 = alpha * W0
-    w1 = alpha * w0
-    # "hisd" starts at x + W1 and moves away from G(x) + 0.002 = 0.002: sign(3 * W1 - 0.002)
-    moved = w1 + step * (3.0 * w1 - 0.002).sign()
-    w2 = alpha * w1 + (1 - alpha) * (scale * moved).clamp(-eps, eps)
-    assert torch.allclose(module.perturbation.detach(), w2, atol=1e-7)
+def test_the_reference_aggregator_runs_the_public_reference_function() -> None:
+    """aggregator=cmua_reference is `cmua_reference_watermark`, one batch per step, noise seeded by (seed, batch);
+    a victim named hisd continues from x + W with the offset target, the others restart from noise."""
+    victims = [MixVictim("a", 1.0), MixVictim("hisd", 3.0, levels=(0.0,))]
+    factors = {"a": 1.5, "hisd": 0.7}
+    module = WatermarkAttack(victims, aggregator=CMUAFusion(alpha=0.5, variant="reference"), domains=UniformDomains(),
+                             regularizer=make_regularizer("none"), attack=AttackSettings("pgd", 0.01), eps=0.05,
+                             iterations=3, image_size=4, batch_size=2, step_scales=factors, seed=7)
+    x = torch.rand(4, 3, 4, 4) * 2 - 1
+    fit(module, TensorFaces(x, batch_size=2, repeats=1))
+    labels = torch.zeros(2, 40)
+    expected, trace = cmua_reference_watermark(victims, [(x[:2], labels)], factors=factors, eps=0.05, step_size=0.01,
+                                               iterations=3, generator=module._start_generator(0))
+    expected, more = cmua_reference_watermark(victims, [(x[2:], labels)], factors=factors, eps=0.05, step_size=0.01,
+                                              iterations=3, generator=module._start_generator(1), watermark=expected)
+    assert torch.equal(module.watermark(), expected)
+    assert [(e["batch"], e["victim"]) for e in trace + more] == [(0, "a"), (0, "hisd")] * 2
+    assert float(expected.abs().max()) > 0.01  # it moved
+    with pytest.raises(ValueError, match="attack=pgd"):
+        WatermarkAttack(victims, aggregator=CMUAFusion(variant="reference"), domains=UniformDomains(),
+                        regularizer=make_regularizer("none"), attack=AttackSettings("ifgsm", 0.01))
+
+
+def test_reference_loop_by_hand_one_step_restarting_and_continuing() -> None:
+    """One inner step of each kind, written out: eta is the batch mean of the clamped, factor-scaled displacement."""
+    eps, a = 0.05, 0.01
+    x = torch.rand(3, 3, 4, 4) * 1.6 - 0.8
+    noise = (torch.rand(3, 3, 4, 4) * 2 - 1) * eps
+    w0 = (torch.rand(3, 4, 4) - 0.5) * 0.08
+    restart, continuing = MixVictim("a", 2.0, levels=(0.0,)), MixVictim("hisd", 1.0, levels=(0.0,))
+    w, _ = cmua_reference_watermark([restart, continuing], [(x, torch.zeros(3, 40))], factors={"a": 2.0, "hisd": 0.5},
+                                    eps=eps, step_size=a, iterations=1, noise=iter([noise]), watermark=w0, alpha=0.5)
+    start = x + noise
+    # batch-mean MSE against G(x): the sign of the gradient is the per-image vote (the target offset is 0 here)
+    eta = (2.0 * (start + a * mix_vote(start, x) - x)).clamp(-eps, eps).mean(dim=0)
+    w1 = 0.5 * w0 + 0.5 * eta
+    start = x + w1  # hisd: continue from x + W (not clamped), target G(x) + 0.002
+    g = mix_vote(start, x, gain=1.0, offset=0.002)
+    eta = (0.5 * (start + a * g - x)).clamp(-eps, eps).mean(dim=0)
+    assert torch.allclose(w, 0.5 * w1 + 0.5 * eta, atol=1e-7)
+
+
+def _universal(victims, attack: AttackSettings, **kwargs) -> WatermarkAttack:
+    options = dict(aggregator=make_aggregator("uniform"), domains=UniformDomains(),
+                   regularizer=make_regularizer("none"), eps=0.05, image_size=16, batch_size=2)
+    options.update(kwargs)
+    return WatermarkAttack(victims, attack=attack, **options)
+
+
+def test_di2_draws_one_transform_per_pair_whatever_the_chunking() -> None:
+    """micro_batch=1 (the CPU default) and all pairs stacked (GPU) craft the same watermark with DI2."""
+    x = torch.rand(4, 3, 16, 16) * 1.8 - 0.9
+    di2 = AttackSettings("ifgsm", 0.01, diversity_prob=0.7)
+    watermarks = {}
+    for micro in (1, 3, None):
+        module = _universal([MixVictim("a", 1.0)], di2, iterations=3, seed=5, micro_batches={"a": micro})
+        fit(module, TensorFaces(x, batch_size=2, repeats=3))
+        watermarks[micro] = module.watermark()
+    assert torch.equal(watermarks[1], watermarks[None]) and torch.equal(watermarks[3], watermarks[None])
+    plain = _universal([MixVictim("a", 1.0)], AttackSettings("ifgsm", 0.01), iterations=3, seed=5)
+    fit(plain, TensorFaces(x, batch_size=2, repeats=3))
+    assert not torch.equal(plain.watermark(), watermarks[None])  # the random resize does change the gradients
+
+
+def test_pair_transform_is_independent_of_chunks_and_pairs_differ() -> None:
+    from advwm.attacks.diversity import InputDiversity, PairTransform
+
+    diversity = InputDiversity(prob=1.0, resize_rate=1.3)
+    transform = PairTransform.for_step(diversity, conditions=2, images=3, height=16, width=16,
+                                       generator=torch.Generator().manual_seed(0))
+    stacked = torch.rand(6, 3, 16, 16)
+    pairs = [(k, b) for k in range(2) for b in range(3)]
+    whole = transform(stacked, pairs)
+    pieces = torch.cat([transform(stacked[i:i + 1], pairs[i:i + 1]) for i in range(6)])
+    assert torch.equal(whole, pieces)
+    sizes = {(d.height, d.top, d.left) for row in transform.draws for d in row}
+    assert len(sizes) > 1  # not one transform for the whole stack
+    same_image = stacked[:1].expand(6, -1, -1, -1)
+    outputs = transform(same_image, pairs)
+    assert any(not torch.equal(outputs[0], outputs[i]) for i in range(1, 6))
+
+
+class SpyDomains(UniformDomains):
+    """Records the step each gradient is asked for."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def selected(self, step: int, num_conditions: int) -> list[int]:
+        self.steps.append(step)
+        return [step % num_conditions]
+
+
+def test_iterative_modes_count_each_images_own_iterations() -> None:
+    """CDMAA's t mod K: per image, t restarts with every batch; a universal watermark counts the whole run."""
+    victims = [LinearVictim("a", 1.0, levels=(0.0, 1.0, 2.0)), LinearVictim("b", 2.0)]
+    images = torch.rand(4, 3, 4, 4) - 0.5
+    for scope, local_steps in (("per_image", [0, 1, 2, 0, 1, 2]), ("universal", [0, 1, 2, 3, 4, 5])):
+        spy = SpyDomains()
+        module = WatermarkAttack(victims, aggregator=make_aggregator("iterative"), domains=spy,
+                                 regularizer=make_regularizer("none"), attack=AttackSettings("ifgsm", 0.01),
+                                 scope=scope, eps=0.05, iterations=3, image_size=4, batch_size=2)
+        fit(module, TensorFaces(images, batch_size=2, repeats=3))
+        assert spy.steps == local_steps, scope  # the cross-domain mode sees the perturbation's own t
+        # the cross-model mode too: victim t mod 2, i.e. per image a, b, a in each batch (a twice as often)
+        gradients = [victim.grad_calls // 2 for victim in victims]  # 2 images, one pair per forward on the CPU
+        assert gradients == [sum(t % 2 == 0 for t in local_steps), sum(t % 2 == 1 for t in local_steps)], scope
+        victims[0].grad_calls = victims[1].grad_calls = 0
+
+
+class RecordingAPGD(WatermarkAttack):
+    """Records every point APGD's loss is measured at: the points before each step and the last one."""
+
+    def configure_optimizers(self):
+        optimizer = super().configure_optimizers()
+        self.visited: list[tuple[torch.Tensor, torch.Tensor]] = []
+        step, finish = optimizer.step, optimizer.finish
+
+        def recording_step(closure=None, loss=None):
+            self.visited.append((self.perturbation.detach().clone(), loss.detach().clone()))
+            return step(closure, loss=loss)
+
+        def recording_finish(loss):
+            self.visited.append((self.perturbation.detach().clone(), loss.detach().clone()))
+            return finish(loss)
+
+        optimizer.step, optimizer.finish = recording_step, recording_finish
+        return optimizer
+
+
+@pytest.mark.parametrize("scope", ["per_image", "universal"])
+def test_apgd_ends_at_the_best_point_it_has_seen(scope: str) -> None:
+    """Per image: the best per row; universal: the best by the batch's mean loss. The last point is judged too."""
+    torch.manual_seed(5)
+    module = RecordingAPGD([MixVictim("a", 1.0)], aggregator=make_aggregator("uniform"), domains=UniformDomains(),
+                           regularizer=make_regularizer("none"), attack=AttackSettings("apgd", 0.1), scope=scope,
+                           eps=0.05, iterations=7, image_size=8, batch_size=3)
+    x = torch.rand(3, 3, 8, 8) * 1.6 - 0.8
+    fit(module, TensorFaces(x, batch_size=3, repeats=7))
+    points = torch.stack([p for p, _ in module.visited])  # [8, P, 3, H, W]
+    losses = torch.stack([loss.reshape(-1) for _, loss in module.visited])  # [8, P]
+    assert len(module.visited) == 8
+    best = losses.argmax(dim=0)
+    expected = torch.stack([points[best[row], row] for row in range(points.shape[1])])
+    assert torch.equal(module.perturbation.detach(), expected)
+    if scope == "per_image":  # here rows 0 and 2 peak before the end (universally the end is the best here)
+        assert not torch.equal(expected, module.visited[-1][0])
+    # the recorded losses are the true losses at those points
+    last = module.visited[-1][0]
+    fakes = [MixVictim("a", 1.0)(x + last, torch.zeros(3, 1)), MixVictim("a", 1.0)(x + last, torch.ones(3, 1))]
+    clean = [MixVictim("a", 1.0)(x, torch.zeros(3, 1)), MixVictim("a", 1.0)(x, torch.ones(3, 1))]
+    per_image = sum((f - c).pow(2).flatten(1).mean(1) for f, c in zip(fakes, clean, strict=True)) / 2
+    assert torch.allclose(losses[-1], per_image if scope == "per_image" else per_image.mean().reshape(1), atol=1e-7)

@@ -130,18 +130,6 @@ def test_demo_falls_back_to_random_but_other_runs_do_not(tmp_path: Path) -> None
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("aggregator", ["cmua", "cmua_reference", "mgda", "uniform", "iterative", "single"])
-def test_every_aggregator_runs_universal(tmp_path: Path, aggregator: str) -> None:
-    cfg = compose_run(tmp_path, ["+victims=[stargan,attgan]", "weights=random", f"aggregator={aggregator}",
-                                 "attack.iterations=2", "data.craft=[astronaut]", "data.evaluate=[grace_hopper]",
-                                 *SMALL])
-    metrics = craft(cfg)
-    watermark = torch.load(tmp_path / "watermark.pt", weights_only=True)
-    assert watermark.shape == (3, 32, 32) and watermark.abs().max() <= 0.05 + 1e-6
-    assert 0.0 <= metrics["sr_mask/mean"] <= 1.0
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize(("attack", "domains", "regularizer"), [
     ("ifgsm", "mgda", "penalty"), ("mifgsm", "iterative", "l2"), ("apgd", "single", "log"),
     ("di2fgsm", "uniform", "none"), ("mdi2fgsm", "uniform", "penalty"), ("pgd", "mgda", "l2"),
@@ -270,8 +258,12 @@ def test_the_papers_victim_sets_run_and_report_per_condition(tmp_path: Path, vic
                                  "attack.iterations=1", "data.craft=[astronaut]", "data.evaluate=[grace_hopper]",
                                  *small(*victims)])
     metrics = craft(cfg)
-    for victim in victims:
-        assert 0.0 <= metrics[f"sr_mask/{victim}"] <= 1.0
+    from test_end_to_end import recompute
+
+    recomputed = recompute(cfg, torch.load(tmp_path / "watermark.pt", weights_only=True))
+    for victim in victims:  # each victim's numbers, recomputed from the saved watermark by hand
+        assert metrics[f"avg_l/{victim}"] == pytest.approx(recomputed[f"avg_l/{victim}"], rel=1e-4, abs=1e-7)
+        assert metrics[f"sr_mask/{victim}"] == pytest.approx(recomputed[f"sr_mask/{victim}"])
         assert (tmp_path / "images" / f"{victim}.png").is_file()
     for key in expected:
         assert f"sr_mask/{key}" in metrics, key

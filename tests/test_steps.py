@@ -42,7 +42,7 @@ def test_ifgsm_sign_step_and_projection() -> None:
 def test_ifgsm_many_steps_stay_in_ball_and_skip_params_without_grad() -> None:
     p = _param([0.0, 0.0], (1, 1, 1, 2))
     q = _param([0.3, 0.3], (1, 1, 1, 2))
-    opt = IFGSM([p, q], eps=0.05, step_size=0.02)
+    opt = IFGSM([p, q], eps=0.05, step_size=0.02, start_radius=0.0)
     opt.initialize()
     assert torch.equal(p.detach(), torch.zeros_like(p)) and torch.equal(q.detach(), torch.zeros_like(q))
     q.data.fill_(0.3)
@@ -73,9 +73,26 @@ def test_pgd_random_start_in_ball_and_seeded() -> None:
     assert first.std() > 0.02  # roughly U(-eps, eps): std = eps / sqrt(3) ~ 0.029
     opt.initialize(generator=torch.Generator().manual_seed(0))
     assert torch.equal(p.detach(), first)
-    ifgsm = IFGSM([p], eps=0.05, step_size=0.01)
-    ifgsm.initialize()
-    assert torch.equal(p.detach(), torch.zeros_like(p))
+
+
+def test_bim_starts_in_a_tiny_ball_pgd_in_the_whole_eps_ball() -> None:
+    """BIM (I-FGSM) and PGD differ only in the start: x + U(-0.001, 0.001) vs x + U(-eps, eps)."""
+    p = torch.nn.Parameter(torch.zeros(4, 3, 16, 16))
+    bim = IFGSM([p], eps=0.05, step_size=0.01)
+    bim.initialize(generator=torch.Generator().manual_seed(0))
+    tiny = p.detach().clone()
+    assert 0.0009 < tiny.abs().max() <= 0.001 and tiny.abs().min() < 1e-5
+    PGD([p], eps=0.05, step_size=0.01).initialize(generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(p.detach(), tiny * 50, atol=1e-8)  # same uniform draws, scaled to eps = 50 radii
+    MIFGSM([p], eps=0.05, step_size=0.01).initialize(generator=torch.Generator().manual_seed(0))
+    assert torch.equal(p.detach(), tiny)  # MI-FGSM is I-FGSM with momentum: the same tiny start
+    IFGSM([p], eps=0.05, step_size=0.01, start_radius=0.0).initialize()
+    assert torch.equal(p.detach(), torch.zeros_like(p))  # the textbook x0 = x
+    IFGSM([p], eps=0.0005, step_size=0.01).initialize(generator=torch.Generator().manual_seed(0))
+    assert p.detach().abs().max() <= 0.0005  # never outside a smaller eps-ball
+    assert APGD([p], eps=0.05, n_iter=4).param_groups[0]["start_radius"] is None  # APGD: the whole ball
+    with pytest.raises(ValueError, match="start_radius"):
+        IFGSM([p], start_radius=-1.0)
 
 
 def test_registry_and_factory() -> None:
@@ -93,7 +110,7 @@ def test_registry_and_factory() -> None:
 # --------------------------------------------------------------------------------------------- MI-FGSM
 def test_mifgsm_two_steps_with_per_row_l1_normalisation() -> None:
     p = _param([0.0, 0.0, 0.0, 0.0], (2, 1, 1, 2))
-    opt = MIFGSM([p], eps=0.05, step_size=0.01, decay=1.0)
+    opt = MIFGSM([p], eps=0.05, step_size=0.01, decay=1.0, start_radius=0.0)
     opt.initialize()
     # step 1: row 0 grad [1, -3] (L1 4) -> [0.25, -0.75]; row 1 [2, 2] (L1 4) -> [0.5, 0.5]
     _set_grad(p, [1.0, -3.0, 2.0, 2.0])
@@ -113,7 +130,7 @@ def test_mifgsm_two_steps_with_per_row_l1_normalisation() -> None:
 
 def test_mifgsm_decay_and_reset() -> None:
     p = _param([0.0, 0.0], (1, 1, 1, 2))
-    opt = MIFGSM([p], eps=0.05, step_size=0.01, decay=0.5)
+    opt = MIFGSM([p], eps=0.05, step_size=0.01, decay=0.5, start_radius=0.0)
     _set_grad(p, [3.0, 1.0])  # -> [0.75, 0.25]
     opt.step()
     _set_grad(p, [-1.0, -1.0])  # -> [-0.5, -0.5]; momentum 0.5 * [0.75, 0.25] + that = [-0.125, -0.375]
@@ -179,7 +196,7 @@ def test_apgd_initial_step_size_and_override() -> None:
 def test_apgd_halves_and_restarts_when_stalled_but_not_when_rising() -> None:
     # n_iter = 10 -> checkpoints [0, 3, 5, ...]; eps 0.05 -> eta 0.1; momentum 0.75
     p = _param([0.0, 0.0], (2, 1, 1, 1))
-    opt = APGD([p], eps=0.05, n_iter=10, random_start=False)
+    opt = APGD([p], eps=0.05, n_iter=10, start_radius=0.0)
     opt.initialize()
     assert opt.checkpoints[:3] == [0, 3, 5]
     # row 0: loss falls every step (best stays x_0 = 0, whose gradient is +1); row 1: loss rises every step
@@ -206,7 +223,7 @@ def test_apgd_halves_and_restarts_when_stalled_but_not_when_rising() -> None:
 def test_apgd_condition_two_best_loss_unchanged() -> None:
     # rho = 0.5 so that 2 increases out of 3 transitions pass condition 1; only condition 2 can fire
     p = _param([0.0, 0.0], (2, 1, 1, 1))
-    opt = APGD([p], eps=0.05, n_iter=10, rho=0.5, random_start=False)
+    opt = APGD([p], eps=0.05, n_iter=10, rho=0.5, start_radius=0.0)
     opt.initialize()
     losses = [[10.0, 1.0], [1.0, 0.5], [2.0, 2.0], [3.0, 3.0]]  # row 0 never beats 10; row 1 does
     for loss in losses:
@@ -233,13 +250,13 @@ def test_apgd_state_dict_resume_matches_uninterrupted_run() -> None:
             opt.step(loss=losses[t])
 
     a = torch.nn.Parameter(torch.zeros(2, 3, 2, 2, dtype=torch.float64))
-    opt_a = APGD([a], eps=0.05, n_iter=10, random_start=False)
+    opt_a = APGD([a], eps=0.05, n_iter=10, start_radius=0.0)
     run(a, opt_a, 0, 9)
     b = torch.nn.Parameter(torch.zeros(2, 3, 2, 2, dtype=torch.float64))
-    opt_b = APGD([b], eps=0.05, n_iter=10, random_start=False)
+    opt_b = APGD([b], eps=0.05, n_iter=10, start_radius=0.0)
     run(b, opt_b, 0, 4)
     c = torch.nn.Parameter(b.detach().clone())
-    opt_c = APGD([c], eps=0.05, n_iter=10, random_start=False)
+    opt_c = APGD([c], eps=0.05, n_iter=10, start_radius=0.0)
     opt_c.load_state_dict(opt_b.state_dict())
     run(c, opt_c, 4, 9)
     torch.testing.assert_close(c.detach(), a.detach())
@@ -277,3 +294,55 @@ def test_input_diversity_seeded_and_probability() -> None:
     di = InputDiversity(prob=0.5, generator=torch.Generator().manual_seed(0))
     changed = sum(not torch.equal(di(x), x) for _ in range(200))
     assert 60 < changed < 140
+
+
+# --------------------------------------------------------------------------------------------- APGD returns x_max
+def _run_apgd(losses: list[list[float]], n_iter: int) -> tuple[APGD, torch.nn.Parameter, list[torch.Tensor]]:
+    """Drive APGD on 2 rows with given per-row losses at each visited point; returns the visited points."""
+    p = _param([0.0, 0.0], (2, 1, 1, 1))
+    opt = APGD([p], eps=0.05, n_iter=n_iter, start_radius=0.0)
+    opt.initialize()
+    visited = []
+    for t in range(n_iter):
+        visited.append(p.detach().clone())
+        _set_grad(p, [1.0 if t % 2 == 0 else -1.0, 1.0])
+        opt.step(loss=torch.tensor(losses[t], dtype=torch.float64))
+    visited.append(p.detach().clone())
+    return opt, p, visited
+
+
+def test_apgd_returns_the_best_point_it_has_seen_per_row() -> None:
+    # row 0: the loss peaks at the second point; row 1: the loss keeps rising, so the last point is best
+    opt, p, visited = _run_apgd([[1.0, 0.1], [5.0, 0.2], [2.0, 0.3]], n_iter=3)
+    assert opt.wants_final_loss()
+    last = p.detach().clone()
+    opt.finish(torch.tensor([3.0, 0.4], dtype=torch.float64))  # losses at the last (fourth) point
+    assert torch.equal(p.detach()[0], visited[1][0])  # loss 5.0 beats 3.0 at the end
+    assert torch.equal(p.detach()[1], last[1])  # 0.4 at the last point is the best of row 1
+    assert not opt.wants_final_loss()  # once finished
+
+
+def test_apgd_last_point_wins_only_when_it_is_strictly_better() -> None:
+    opt, p, visited = _run_apgd([[4.0, 4.0], [1.0, 1.0]], n_iter=2)
+    opt.finish(torch.tensor([4.0, 4.5], dtype=torch.float64))
+    assert torch.equal(p.detach()[0], visited[0][0]) and torch.equal(p.detach()[1], visited[2][1])
+
+
+def test_input_diversity_draws_cover_the_resize_range_and_apply_resize_pad_resize() -> None:
+    """Each draw: nearest-resize to rh in [H, H * rate), pad at (top, left) to int(H * rate), resize back."""
+    import torch.nn.functional as F
+
+    from advwm.attacks.diversity import InputDiversity
+
+    di = InputDiversity(prob=1.0, resize_rate=1.25)
+    draws = di.draw(400, 16, 16, torch.Generator().manual_seed(1))
+    assert {d.height for d in draws} == set(range(16, 20))  # int(16 * 1.25) = 20, exclusive
+    assert {d.top for d in draws} == set(range(0, 5)) and all(d.applied for d in draws)
+    x = torch.rand(1, 3, 16, 16)
+    draw = next(d for d in draws if d.height == 18 and d.top == 1 and d.left == 2)
+    by_hand = F.interpolate(x, size=(18, 18), mode="nearest")
+    by_hand = F.pad(by_hand, [2, 20 - 18 - 2, 1, 20 - 18 - 1])
+    by_hand = F.interpolate(by_hand, size=(16, 16), mode="bilinear", align_corners=False)
+    assert torch.equal(di.apply(x, [draw]), by_hand)
+    half = InputDiversity(prob=0.3).draw(1000, 16, 16, torch.Generator().manual_seed(2))
+    assert 0.25 < sum(d.applied for d in half) / 1000 < 0.35

@@ -35,6 +35,26 @@ class LinearVictim(torch.nn.Module):
         return self.gain * (1 + condition.view(-1, 1, 1, 1)) * x
 
 
+class MixVictim(LinearVictim):
+    """G(x, c) = gain * (1 + c) * (x + roll(x))^2, roll = a shift by one pixel along the width.
+
+    A victim that mixes pixels and is not linear, so the sign of its distortion gradient differs from image
+    to image (for an elementwise G it would be sign(delta) for every image): a batch's sign votes split.
+    """
+
+    def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        return super().forward((x + x.roll(1, dims=-1)) ** 2, condition)
+
+
+def mix_vote(protected: torch.Tensor, clean: torch.Tensor, gain: float = 1.0, offset: float = 0.0) -> torch.Tensor:
+    """Per-image sign of MixVictim's distortion gradient (condition 0) against the target G(x) + offset, by hand:
+    d/dp of |G(p) - y|^2 = 2 J^T (G(p) - y) with J = 2 gain diag(u) A, u = A p, A p = p + roll(p)."""
+    u = protected + protected.roll(1, dims=-1)
+    v = clean + clean.roll(1, dims=-1)
+    r = u * (gain * u * u - gain * v * v - offset)
+    return (r + r.roll(-1, dims=-1)).sign()
+
+
 class TensorFaces(LightningDataModule):
     """Given images as the crafting split (batches repeated `repeats` times) and as the held-out split."""
 

@@ -14,6 +14,7 @@ from advwm.attacks.aggregators import (
     min_norm_weights_batched,
 )
 from advwm.attacks.diversity import InputDiversity
+from advwm.attacks.reference import cmua_reference_watermark
 from advwm.attacks.regularizers import (
     REGULARIZERS,
     L2Regularizer,
@@ -56,6 +57,7 @@ __all__ = [
     "Single",
     "Uniform",
     "apgd_checkpoints",
+    "cmua_reference_watermark",
     "image_level_fusion",
     "make_aggregator",
     "make_base_attack",

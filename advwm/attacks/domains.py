@@ -21,7 +21,8 @@ import torch
 from advwm.attacks.aggregators import min_norm_weights_batched
 from advwm.attacks.losses import distortion
 
-Transform = Callable[[torch.Tensor], torch.Tensor]
+# A transform of stacked victim inputs: (chunk [N,3,H,W], the (condition, image) pair of each row) -> chunk.
+Transform = Callable[[torch.Tensor, Sequence[tuple[int, int]]], torch.Tensor]
 
 
 @dataclass
@@ -60,13 +61,18 @@ def stacked_gradients(
     targets: Sequence[torch.Tensor],
     micro_batch: int | None,
     transform: Transform | None = None,
+    condition_ids: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-condition, per-image gradients [K,B,3,H,W] and losses [K,B] of the distortion.
 
     `micro_batch` bounds how many (image, condition) pairs run through the victim at once; a victim that
-    cannot mix conditions in one batch is given micro_batch = B by the caller.
+    cannot mix conditions in one batch is given micro_batch = B by the caller. `transform` (input
+    diversity) sees each row's (condition id, image) pair; `condition_ids` names the given conditions
+    (default 0..K-1), so a pair keeps its transform whichever conditions a mode selects.
     """
     k, batch = len(conditions), protected.shape[0]
+    ids = list(condition_ids) if condition_ids is not None else list(range(k))
+    pairs = [(ids[i], b) for i in range(k) for b in range(batch)]
     inputs = protected.detach().repeat(k, 1, 1, 1)
     stacked_conditions = stack_conditions(conditions)
     stacked_targets = torch.cat(list(targets), dim=0)
@@ -74,13 +80,26 @@ def stacked_gradients(
     losses = torch.empty(inputs.shape[0], device=inputs.device, dtype=inputs.dtype)
     for part in chunks(inputs.shape[0], micro_batch):
         chunk = inputs[part].clone().requires_grad_(True)
-        fed = transform(chunk) if transform is not None else chunk
+        fed = transform(chunk, pairs[part]) if transform is not None else chunk
         with torch.enable_grad():
             loss = distortion(victim(fed, stacked_conditions[part]), stacked_targets[part])
             (grad,) = torch.autograd.grad(loss.sum(), chunk)
         grads[part] = grad
         losses[part] = loss.detach()
     return grads.view(k, batch, *protected.shape[1:]), losses.view(k, batch)
+
+
+@torch.no_grad()
+def stacked_losses(
+    victim: torch.nn.Module,
+    protected: torch.Tensor,
+    conditions: Sequence[torch.Tensor],
+    targets: Sequence[torch.Tensor],
+    micro_batch: int | None,
+) -> torch.Tensor:
+    """Per-condition, per-image losses [K,B] at `protected`, forward only (no transform)."""
+    fakes = clean_outputs(victim, protected, conditions, micro_batch)
+    return torch.stack([distortion(fake, target) for fake, target in zip(fakes, targets, strict=True)])
 
 
 class CrossDomain:
@@ -105,11 +124,28 @@ class CrossDomain:
         micro_batch: int | None = None,
         transform: Transform | None = None,
     ) -> VictimGradient:
+        """The victim's per-image gradient and loss under this mode; `step` counts this perturbation's
+        iterations (per image: since its batch began; universal: since the run began)."""
         chosen = self.selected(step, len(conditions))
         grads, losses = stacked_gradients(victim, protected, [conditions[i] for i in chosen],
-                                          [targets[i] for i in chosen], micro_batch, transform)
+                                          [targets[i] for i in chosen], micro_batch, transform, chosen)
         grad, loss = self.combine(grads, losses)
         return VictimGradient(grad=grad, loss=loss, per_condition=dict(zip(chosen, losses, strict=True)))
+
+    def loss(
+        self,
+        victim: torch.nn.Module,
+        protected: torch.Tensor,
+        conditions: Sequence[torch.Tensor],
+        targets: Sequence[torch.Tensor],
+        step: int,
+        micro_batch: int | None = None,
+    ) -> torch.Tensor:
+        """The per-image loss [B] under this mode at `protected`, without a backward (APGD's last point)."""
+        chosen = self.selected(step, len(conditions))
+        losses = stacked_losses(victim, protected, [conditions[i] for i in chosen], [targets[i] for i in chosen],
+                                micro_batch)
+        return losses.mean(dim=0)
 
 
 class UniformDomains(CrossDomain):

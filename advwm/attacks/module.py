@@ -22,19 +22,18 @@ import torch
 from lightning.pytorch import LightningModule
 
 from advwm.attacks.aggregators import CMUAFusion, image_level_fusion
-from advwm.attacks.diversity import InputDiversity
+from advwm.attacks.diversity import InputDiversity, PairTransform
 from advwm.attacks.domains import CrossDomain, clean_outputs
-from advwm.attacks.losses import distortion
+from advwm.attacks.losses import NonFiniteLossError
+from advwm.attacks.reference import cmua_reference_watermark
 from advwm.attacks.regularizers import Regularizer
 from advwm.attacks.steps import SignStepAttack, make_base_attack
 
 log = logging.getLogger(__name__)
 
 SCOPES = ("universal", "per_image")
-# Victims whose loop in the released CMUA code continues from x + W instead of restarting from noise,
-# with the target offset that code adds to the clean output (universal_perturb_HiSD: y = G(x) + 0.002).
-REFERENCE_CONTINUING: dict[str, float] = {"hisd": 0.002}
 BATCH_REDUCTIONS = ("sign_mean", "mean")
+FUSED_STEPS = ("mean", "sign")
 
 
 @dataclass
@@ -56,10 +55,6 @@ class _BatchCache:
     targets: list[list[torch.Tensor]]
 
 
-class NonFiniteLossError(FloatingPointError):
-    """A victim produced NaN/inf: the run stops with one line saying where (the watermark so far is kept)."""
-
-
 class WatermarkAttack(LightningModule):
     """Crafts a universal watermark ([1,3,H,W]) or per-image perturbations ([B,3,H,W]) against victims."""
 
@@ -79,6 +74,7 @@ class WatermarkAttack(LightningModule):
         step_scales: dict[str, float] | None = None,
         micro_batches: dict[str, int | str | None] | None = None,
         batch_reduction: str = "sign_mean",
+        fused_step: str = "mean",
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -86,6 +82,8 @@ class WatermarkAttack(LightningModule):
             raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
         if batch_reduction not in BATCH_REDUCTIONS:
             raise ValueError(f"batch_reduction must be one of {BATCH_REDUCTIONS}, got {batch_reduction!r}")
+        if fused_step not in FUSED_STEPS:
+            raise ValueError(f"fused_step must be one of {FUSED_STEPS}, got {fused_step!r}")
         if not victims:
             raise ValueError("no victim: choose at least one, e.g. +victims=[stargan,attgan]")
         self.automatic_optimization = False
@@ -98,6 +96,7 @@ class WatermarkAttack(LightningModule):
         self.eps = eps
         self.iterations = iterations
         self.batch_reduction = batch_reduction
+        self.fused_step = fused_step
         self.seed = int(seed)
         self.step_scales = {v.name: float((step_scales or {}).get(v.name, 1.0)) for v in self.victims}
         self.micro_batches = dict(micro_batches or {})
@@ -106,10 +105,14 @@ class WatermarkAttack(LightningModule):
         self.reference_fusion = isinstance(aggregator, CMUAFusion) and aggregator.variant == "reference"
         if self.reference_fusion and scope != "universal":
             raise ValueError("the reference CMUA fusion crafts a universal watermark: use scope=universal")
+        if self.reference_fusion and (attack.name != "pgd" or self.diversity is not None):
+            raise ValueError("aggregator=cmua_reference replays the released code's PGD loop: use attack=pgd "
+                             "(no momentum, no input diversity)")
         rows = 1 if scope == "universal" else batch_size
         self.perturbation = torch.nn.Parameter(torch.zeros(rows, 3, image_size, image_size))
         self.register_buffer("started", torch.tensor(False))
         self.iteration = 0
+        self.local_step = 0  # iterations of the current perturbation: per image since its batch began
         self._cache: _BatchCache | None = None
         self.last_batch: dict | None = None  # x, labels, names of the batch just finished (per-image eval)
 
@@ -202,12 +205,22 @@ class WatermarkAttack(LightningModule):
 
     def _victim_gradient(self, j: int, x: torch.Tensor, cache: _BatchCache):
         victim = self.victims[j]
+        micro = self.micro_batch(victim, x.shape[0])
+        transform = self._diversity_for(j, x, len(cache.conditions[j]))
         result = self.domains.gradient(victim, self.protect(x).detach(), cache.conditions[j], cache.targets[j],
-                                       self.iteration, self.micro_batch(victim, x.shape[0]), self.diversity)
+                                       self.local_step, micro, transform)
         if not torch.isfinite(result.loss).all() or not torch.isfinite(result.grad).all():
             raise NonFiniteLossError(f"victim {victim.name} produced a non-finite loss or gradient at iteration "
                                      f"{self.iteration} (check its checkpoint and the input images)")
         return result
+
+    def _diversity_for(self, j: int, x: torch.Tensor, conditions: int) -> PairTransform | None:
+        """This step's DI2 transforms for victim j, one per (condition, image) pair, seeded by (seed, step, j)
+        so that chunking (micro_batch) and the device cannot change them."""
+        if self.diversity is None:
+            return None
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.iteration) * 1009 + j)
+        return PairTransform.for_step(self.diversity, conditions, x.shape[0], x.shape[-2], x.shape[-1], generator)
 
     def _keep_in_image_range(self, x: torch.Tensor) -> None:
         if self.scope == "per_image":
@@ -216,13 +229,18 @@ class WatermarkAttack(LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x, labels = batch["image"], batch["labels"]
         repetition = batch_idx % self.iterations if not self.reference_fusion else 0
-        cache = self._prepare(x, labels, new_batch=repetition == 0, batch_number=batch_idx // max(self.iterations, 1))
+        batch_number = batch_idx // max(self.iterations, 1) if not self.reference_fusion else batch_idx
+        # CDMAA's iterative modes use t mod K with t the iteration of *this* perturbation: per image it
+        # restarts with every batch; a universal watermark counts its iterations over the whole run.
+        self.local_step = repetition if self.scope == "per_image" else self.iteration
         if self.reference_fusion:
-            total = self._reference_cmua_step(x, cache)
-        elif isinstance(self.aggregator, CMUAFusion):
-            total = self._cmua_step(x, cache)
+            total = self._reference_cmua_step(x, labels, batch_number)
         else:
-            total = self._combined_step(x, cache)
+            cache = self._prepare(x, labels, new_batch=repetition == 0, batch_number=batch_number)
+            if isinstance(self.aggregator, CMUAFusion):
+                total = self._cmua_step(x, cache)
+            else:
+                total = self._combined_step(x, cache)
         self.iteration += 1
         self.log("loss/total", total, prog_bar=True, on_step=True, batch_size=x.shape[0])
         if self.reference_fusion or repetition == self.iterations - 1:
@@ -234,9 +252,13 @@ class WatermarkAttack(LightningModule):
     def _log_victim(self, j: int, loss: torch.Tensor) -> None:
         self.log(f"loss/{self.victims[j].name}", loss.mean(), on_step=True, batch_size=1)
 
+    def _loss_rows(self, loss: torch.Tensor) -> torch.Tensor:
+        """Per-image loss [B] -> per perturbation row (universal: the batch mean)."""
+        return loss if self.scope == "per_image" else loss.mean().reshape(1)
+
     def _combined_step(self, x: torch.Tensor, cache: _BatchCache) -> torch.Tensor:
         """Gradients of the needed victims -> regulariser -> aggregator -> one base-attack step."""
-        needed = self.aggregator.needed(self.iteration, len(self.victims))
+        needed = self.aggregator.needed(self.local_step, len(self.victims))
         grads, losses = [], []
         for j in needed:
             result = self._victim_gradient(j, x, cache)
@@ -245,17 +267,31 @@ class WatermarkAttack(LightningModule):
             losses.append(loss)
             self._log_victim(j, result.loss)
         stacked_losses = torch.stack(losses)
-        direction = self.aggregator.combine(torch.stack(grads), stacked_losses, self.iteration)
+        direction = self.aggregator.combine(torch.stack(grads), stacked_losses, self.local_step)
         self.perturbation.grad = self._all_reduce(direction).to(self.perturbation.dtype)
         self.optimizers().step(loss=stacked_losses.sum(dim=0))
         self.perturbation.grad = None
         self._keep_in_image_range(x)
+        attack = self.base_attack
+        if attack.wants_final_loss():  # APGD returns the best point it has seen, so it needs the last one's loss
+            with torch.no_grad():
+                final = sum(self._loss_rows(self.domains.loss(self.victims[j], self.protect(x), cache.conditions[j],
+                                                              cache.targets[j], self.local_step,
+                                                              self.micro_batch(self.victims[j], x.shape[0])))
+                            for j in needed)
+            attack.finish(self._all_reduce(final))
+            self._keep_in_image_range(x)
         return stacked_losses.sum(dim=0).mean()
 
     def _cmua_step(self, x: torch.Tensor, cache: _BatchCache) -> torch.Tensor:
         """CMUA (paper): victim by victim, propose a base-attack step with that victim's step size from the
-        current W and blend it in, W <- alpha W + (1 - alpha) P_j."""
+        current W and blend it in, W <- alpha W + (1 - alpha) P_j. For a universal watermark the proposal
+        steps by the batch mean of the per-image sign steps (`fused_step=mean`, the released code's step)
+        or by the sign of that mean, a per-pixel majority vote (`fused_step=sign`)."""
         attack = self.base_attack
+        # fused_step=mean needs per-image sign votes to average: without image-level fusion (batch_reduction=mean,
+        # CMUA Table 4's "off" rows) the raw mean gradient has no step size of its own, so it is signed.
+        signed = self.scope == "per_image" or self.fused_step == "sign" or self.batch_reduction != "sign_mean"
         total = torch.zeros((), device=self.device)
         for j, victim in enumerate(self.victims):
             result = self._victim_gradient(j, x, cache)
@@ -263,7 +299,7 @@ class WatermarkAttack(LightningModule):
             grad = self._all_reduce(self.regularizer(grad, loss))
             step = self.attack.step_size * self.step_scales[victim.name]
             with torch.no_grad():
-                proposal = attack.propose(self.perturbation, grad, step)
+                proposal = attack.propose(self.perturbation, grad, step, signed=signed)
                 self.perturbation.copy_(self.aggregator.blend(self.perturbation, proposal))
             self._keep_in_image_range(x)
             total = total + loss.mean()
@@ -271,51 +307,21 @@ class WatermarkAttack(LightningModule):
         self.optimizers().step()  # no gradient set: counts the step (global_step) without moving delta
         return total
 
-    def _reference_cmua_step(self, x: torch.Tensor, cache: _BatchCache) -> torch.Tensor:
-        """CMUA-Watermark's released code, one batch: for each victim and each of its conditions, restart
-        from x + U(-eps, eps) and run `iterations` PGD steps of size `attack.step_size`; after every step,
-        blend the batch mean of clamp(s_j * (X_adv - x), -eps, eps) into W (the very first blend takes it
-        as is), and continue from X = clamp(x + W, -1, 1). The per-victim factor s_j (`step_scale`)
-        scales the whole displacement. The loss is the batch-mean MSE, as nn.MSELoss computes it.
-        The released HiSD loop differs (REFERENCE_CONTINUING): it starts from x + W (x alone before the
-        first blend), not from noise, and its target is the clean output plus 0.002.
-        """
-        alpha = self.aggregator.alpha
-        random_start = bool(self.attack.options.get("random_start", self.attack.name == "pgd"))
-        total = torch.zeros((), device=self.device)
-        for j, victim in enumerate(self.victims):
-            scale = self.step_scales[victim.name]
-            offset = REFERENCE_CONTINUING.get(victim.name)
-            for condition, target in zip(cache.conditions[j], cache.targets[j], strict=True):
-                current = x.clone()
-                if offset is not None:
-                    target = target + offset
-                    if bool(self.started):
-                        current = (x + self.perturbation.detach()).clamp(-1.0, 1.0)
-                elif random_start:
-                    current = current + torch.empty_like(x).uniform_(-self.eps, self.eps)
-                for _ in range(self.iterations):
-                    current = current.detach().requires_grad_(True)
-                    with torch.enable_grad():
-                        fed = self.diversity(current) if self.diversity is not None else current
-                        loss = distortion(victim(fed, condition), target).mean()
-                        (grad,) = torch.autograd.grad(loss, current)
-                    if not torch.isfinite(loss):
-                        raise NonFiniteLossError(f"victim {victim.name} produced a non-finite loss")
-                    with torch.no_grad():
-                        moved = current + self.attack.step_size * grad.sign()
-                        eta = (scale * (moved - x)).clamp(-self.eps, self.eps).mean(dim=0, keepdim=True)
-                        eta = self._all_reduce(eta)
-                        if bool(self.started):
-                            self.perturbation.copy_(alpha * self.perturbation + (1 - alpha) * eta)
-                        else:
-                            self.perturbation.copy_(eta)
-                            self.started.fill_(True)
-                        current = (x + self.perturbation).clamp(-1.0, 1.0)
-                    total = total + loss.detach()
-                self._log_victim(j, loss.detach())
+    def _reference_cmua_step(self, x: torch.Tensor, labels: torch.Tensor, batch_number: int) -> torch.Tensor:
+        """One batch of the released CMUA-Watermark loop, through the public `cmua_reference_watermark`
+        (restart noise from a generator seeded by (seed, batch), so a resumed run draws the same)."""
+        watermark, trace = cmua_reference_watermark(
+            self.victims, [(x, labels)], factors=self.step_scales, eps=self.eps, step_size=self.attack.step_size,
+            iterations=self.iterations, generator=self._start_generator(batch_number),
+            watermark=self.perturbation.detach() if bool(self.started) else None, alpha=self.aggregator.alpha,
+            reduce=self._all_reduce)
+        with torch.no_grad():
+            self.perturbation.copy_(watermark.unsqueeze(0))
+        self.started.fill_(True)
+        for j, entry in enumerate(trace):
+            self._log_victim(j, torch.tensor(entry["loss"]))
         self.optimizers().step()
-        return total
+        return torch.tensor(sum(entry["loss"] for entry in trace))
 
     # ---- results ------------------------------------------------------------------------------------
     def watermark(self) -> torch.Tensor:

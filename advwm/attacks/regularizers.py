@@ -86,11 +86,16 @@ class LogRegularizer(Regularizer):
 
 
 class PenaltyRegularizer(Regularizer):
-    """S = 1 / max(L_j, zeta): the gradient is multiplied by max(L_j, zeta)."""
+    """S = 1 / max(L_j, zeta): the gradient is multiplied by max(L_j, zeta) (CDMAA eq. 25).
+
+    zeta is CDMAA's "very small positive number": it only avoids a zero scale where L = 0 (the first I-FGSM
+    step). A large zeta (0.01) would make every victim whose loss is below it weigh the same, i.e. turn the
+    penalty into `none` exactly when losses are small; hence the default 1e-8.
+    """
 
     name = "penalty"
 
-    def __init__(self, zeta: float = 0.01) -> None:
+    def __init__(self, zeta: float = 1e-8) -> None:
         if zeta <= 0:
             raise ValueError(f"zeta must be > 0, got {zeta}")
         self.zeta = float(zeta)

@@ -56,14 +56,17 @@ class SignStepAttack(Optimizer):
         params: Iterable[Tensor] | Iterable[dict[str, Any]] | Tensor,
         eps: float = 0.05,
         step_size: float = 0.01,
-        random_start: bool = False,
+        start_radius: float | None = 0.0,
         **extra_defaults: Any,
     ) -> None:
-        if eps < 0:
+        if not eps >= 0:  # also refuses NaN
             raise ValueError(f"eps must be >= 0, got {eps}")
-        if step_size < 0:
+        if not step_size >= 0:
             raise ValueError(f"step_size must be >= 0, got {step_size}")
-        defaults = {"eps": float(eps), "lr": float(step_size), "random_start": bool(random_start)}
+        if start_radius is not None and not start_radius >= 0:
+            raise ValueError(f"start_radius must be >= 0 (or None for the whole eps-ball), got {start_radius}")
+        defaults = {"eps": float(eps), "lr": float(step_size),
+                    "start_radius": None if start_radius is None else float(start_radius)}
         defaults.update(extra_defaults)
         super().__init__(_as_param_list(params), defaults)
 
@@ -78,16 +81,28 @@ class SignStepAttack(Optimizer):
     # -- public API --------------------------------------------------------------------------------
     @torch.no_grad()
     def initialize(self, generator: torch.Generator | None = None) -> None:
-        """Reset every parameter to its start point (zeros, or U(-eps, eps)) and forget all state."""
+        """Reset every parameter to its start point and forget all state.
+
+        The start is U(-r, r) per entry with r = ``start_radius`` (None: the whole eps-ball, r = eps; 0: exactly
+        zero). Noise is drawn on the CPU, so a seeded generator gives the same start on every device.
+        """
         for group in self.param_groups:
-            eps = group["eps"]
+            radius = group["eps"] if group["start_radius"] is None else min(group["start_radius"], group["eps"])
             for p in group["params"]:
-                if group["random_start"]:
+                if radius > 0:
                     noise = torch.rand(p.shape, generator=generator, dtype=p.dtype, device="cpu")
-                    p.copy_((noise * 2.0 - 1.0) * eps)
+                    p.copy_((noise * 2.0 - 1.0) * radius)
                 else:
                     p.zero_()
                 self.state[p] = {}
+
+    def wants_final_loss(self) -> bool:
+        """True when the attack has taken its last step and needs the loss there (APGD keeps the best point)."""
+        return False
+
+    @torch.no_grad()
+    def finish(self, loss: Tensor) -> None:
+        """Called with the per-row loss at the current point after the last step; sign attacks keep it."""
 
     def direction(self, p: Tensor, grad: Tensor) -> Tensor:
         """Ascent direction for a raw gradient: its sign (the L_inf steepest-ascent direction)."""
@@ -100,10 +115,17 @@ class SignStepAttack(Optimizer):
         return delta.clamp(-eps, eps)
 
     @torch.no_grad()
-    def propose(self, p: Tensor, grad: Tensor, step_size: float) -> Tensor:
-        """``project(p + step_size * direction(p, grad))`` without writing ``p`` (may update momentum)."""
+    def propose(self, p: Tensor, grad: Tensor, step_size: float, signed: bool = True) -> Tensor:
+        """``project(p + step_size * direction)`` without writing ``p`` (may update momentum).
+
+        ``signed=False`` (CMUA's fused step ``mean``) steps along ``grad`` itself: for a universal
+        watermark ``grad`` is then the batch mean of the signed per-image gradients, so the step is the
+        batch mean of the per-image sign steps, as the released CMUA code takes it. Momentum attacks
+        always sign their accumulated direction (MI-FGSM's definition), so for them both are the same.
+        """
         eps = self._group_of(p)["eps"]
-        return self.project(p + step_size * self.direction(p, grad), eps)
+        direction = self.direction(p, grad) if signed or type(self).direction is not SignStepAttack.direction else grad
+        return self.project(p + step_size * direction, eps)
 
     @torch.no_grad()
     def step(  # type: ignore[override]
@@ -122,22 +144,30 @@ class SignStepAttack(Optimizer):
         return result
 
 
+# I-FGSM's start radius: the distortion's gradient at the clean image is exactly zero (G(x) is the target),
+# so x0 = x never moves; the released CMUA code's comments start I-FGSM from x + U(-0.001, 0.001).
+IFGSM_START_RADIUS = 0.001
+
+
 class IFGSM(SignStepAttack):
-    """I-FGSM / BIM (Kurakin et al.): sign steps from zero, no random start."""
+    """I-FGSM / BIM (Kurakin et al. 2017): sign steps from x plus noise of a tiny radius (``start_radius``).
+
+    ``start_radius=0`` is the textbook x0 = x, which stays stuck here (zero gradient at the clean image).
+    """
 
     def __init__(
-        self, params: Any, eps: float = 0.05, step_size: float = 0.01, random_start: bool = False
+        self, params: Any, eps: float = 0.05, step_size: float = 0.01, start_radius: float = IFGSM_START_RADIUS
     ) -> None:
-        super().__init__(params, eps=eps, step_size=step_size, random_start=random_start)
+        super().__init__(params, eps=eps, step_size=step_size, start_radius=start_radius)
 
 
 class PGD(SignStepAttack):
-    """PGD (Madry et al.): like I-FGSM but starting from a uniform random point of the eps-ball."""
+    """PGD (Madry et al. 2018): like I-FGSM but starting from a uniform point of the whole eps-ball."""
 
     def __init__(
-        self, params: Any, eps: float = 0.05, step_size: float = 0.01, random_start: bool = True
+        self, params: Any, eps: float = 0.05, step_size: float = 0.01, start_radius: float | None = None
     ) -> None:
-        super().__init__(params, eps=eps, step_size=step_size, random_start=random_start)
+        super().__init__(params, eps=eps, step_size=step_size, start_radius=start_radius)
 
 
 class MIFGSM(SignStepAttack):
@@ -152,10 +182,10 @@ class MIFGSM(SignStepAttack):
         params: Any,
         eps: float = 0.05,
         step_size: float = 0.01,
-        random_start: bool = False,
+        start_radius: float | None = IFGSM_START_RADIUS,
         decay: float = 1.0,
     ) -> None:
-        super().__init__(params, eps=eps, step_size=step_size, random_start=random_start, decay=float(decay))
+        super().__init__(params, eps=eps, step_size=step_size, start_radius=start_radius, decay=float(decay))
 
     def direction(self, p: Tensor, grad: Tensor) -> Tensor:
         """Accumulate the L1-normalised gradient into the momentum buffer and return its sign."""
@@ -216,13 +246,13 @@ class APGD(SignStepAttack):
         params: Any,
         eps: float = 0.05,
         step_size: float = 0.01,
-        random_start: bool = True,
+        start_radius: float | None = None,
         n_iter: int = 100,
         rho: float = 0.75,
         momentum: float = 0.75,
         step_size_override: bool = False,
     ) -> None:
-        super().__init__(params, eps=eps, step_size=step_size, random_start=random_start)
+        super().__init__(params, eps=eps, step_size=step_size, start_radius=start_radius)
         self.n_iter = int(n_iter)
         self.rho = float(rho)
         self.momentum = float(momentum)
@@ -242,7 +272,7 @@ class APGD(SignStepAttack):
             return state["step_size"].clone()
         return torch.full((p.shape[0],), self._initial_step_size(group), dtype=p.dtype, device=p.device)
 
-    def propose(self, p: Tensor, grad: Tensor, step_size: float) -> Tensor:
+    def propose(self, p: Tensor, grad: Tensor, step_size: float, signed: bool = True) -> Tensor:
         """Not meaningful for APGD, whose step depends on its own history and schedule."""
         raise NotImplementedError(
             "APGD cannot be used with CMUA fusion: its step depends on its own schedule and history, "
@@ -273,6 +303,30 @@ class APGD(SignStepAttack):
                     raise ValueError(f"loss has {row_loss.numel()} entries, delta {p.shape[0]} rows")
                 self._apgd_update(p, p.grad.detach(), row_loss, group)
         return result
+
+    def wants_final_loss(self) -> bool:
+        """After the n_iter-th step: the last point's loss decides whether it or an earlier one is returned."""
+        state = self.state[self.param_groups[0]["params"][0]]
+        return state.get("iteration", 0) >= self.n_iter and not state.get("finished", False)
+
+    @torch.no_grad()
+    def finish(self, loss: Tensor) -> None:
+        """Return x_max, the best point seen (Croce & Hein 2020, Algorithm 1), not the last iterate.
+
+        ``loss`` is the per-row loss at the current (last) point; per row, the parameter becomes the last
+        point if its loss beats every earlier one, else the best earlier point.
+        """
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state[p]
+                if "best" not in state:
+                    continue
+                row_loss = loss.detach().to(device=p.device, dtype=p.dtype).reshape(-1).expand(p.shape[0])
+                improved = row_loss > state["best_loss"]
+                state["best"][improved] = p.detach()[improved]
+                state["best_loss"] = torch.where(improved, row_loss, state["best_loss"])
+                p.copy_(state["best"])
+                state["finished"] = True
 
     def _apgd_update(self, p: Tensor, grad: Tensor, loss: Tensor, group: dict[str, Any]) -> None:
         """The per-parameter APGD bookkeeping and update (writes ``p``)."""

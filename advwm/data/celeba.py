@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from advwm.data.base import FaceDataModule, FaceItem, NoImagesError
 from advwm.victims.base import CELEBA_ATTRIBUTES
 
 PARTITIONS = {"train": 0, "val": 1, "test": 2}
+SAMPLES = ("first", "random")
 
 
 def read_attributes(path: Path) -> dict[str, torch.Tensor]:
@@ -45,6 +47,8 @@ class CelebADataModule(FaceDataModule):
     """`root/img_align_celeba/*.jpg`, `root/list_attr_celeba.txt`, `root/list_eval_partition.txt`.
 
     The reference preprocessing: centre crop 170 of the 178x218 aligned face, resize, [-1, 1].
+    `sample`: `first` takes the partition's faces in file order (CMUA: the first 128 craft); `random` draws
+    them without replacement with `sample_seed` (CDMAA section 4.1: 100 faces sampled from the test split).
     """
 
     def __init__(
@@ -55,11 +59,17 @@ class CelebADataModule(FaceDataModule):
         n_eval: int | None = None,
         center_crop: int = 170,
         images_dir: str = "img_align_celeba",
+        sample: str = "first",
+        sample_seed: int = 0,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         if partition not in PARTITIONS:
             raise ValueError(f"partition must be one of {sorted(PARTITIONS)}, got {partition!r}")
+        if sample not in SAMPLES:
+            raise ValueError(f"data.sample must be one of {SAMPLES}, got {sample!r}")
+        self.sample = sample
+        self.sample_seed = int(sample_seed)
         self.root = Path(root).expanduser()
         self.partition = partition
         self.n_craft = n_craft
@@ -84,6 +94,8 @@ class CelebADataModule(FaceDataModule):
         wanted = PARTITIONS[self.partition]
         names = sorted(name for name, split in partition.items() if split == wanted and name in attributes)
         end = None if self.n_eval is None else self.n_craft + self.n_eval
+        if self.sample == "random":
+            names = random.Random(self.sample_seed).sample(names, len(names) if end is None else min(end, len(names)))
         items = [FaceItem(name=name, labels=attributes[name], path=str(self.root / self.images_dir / name),
                           center_crop=self.center_crop) for name in names[:end]]
         return items[: self.n_craft], items[self.n_craft:]
