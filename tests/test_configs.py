@@ -61,6 +61,12 @@ def test_regularizer_configs_build(choice: str) -> None:
     assert make_regularizer(cfg.pop("name"), **cfg).name == choice
 
 
+def test_the_penalty_configs_zeta_only_guards_a_zero_loss() -> None:
+    """CDMAA eq. 25's zeta is "a very small positive number": a loss of 1e-6 must not be clamped up."""
+    cfg = dict(compose_with("regularizer=penalty").regularizer)
+    assert make_regularizer(cfg.pop("name"), **cfg).zeta <= 1e-6
+
+
 @pytest.mark.parametrize("choice", [p.stem for p in sorted((CONF / "attack").glob("*.yaml"))])
 def test_attack_configs_name_a_base_attack(choice: str) -> None:
     cfg = compose_with(f"attack={choice}").attack
