@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import pickle
-import zipfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,15 +104,16 @@ def _read(path: Path) -> Any:
         raise WatermarkError(f"{path} is empty (0 bytes): the run that wrote it did not finish; use another run's "
                              "watermark.pt")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. torch's note on pickle protocols: the refusal below says it all
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if "weights_only" in str(error) or "Unsupported global" in str(error):
             raise WatermarkError(f"{path} was refused: its pickle would run code or build objects a watermark never "
                                  "holds (torch.load weights_only=True); only use watermark files advwm wrote") from None
         raise WatermarkError(f"{path} is not a readable watermark file (corrupt pickle: "
                              f"{_first_line(error)})") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, UnicodeDecodeError,
-            AttributeError, IndexError, TypeError) as error:
+    except Exception as error:  # noqa: BLE001 - truncated zip, not a torch file, I/O error: all "unreadable"
         raise WatermarkError(f"{path} is not a readable watermark file (truncated, or not written by torch.save: "
                              f"{type(error).__name__}: {_first_line(error)})") from None
 
