@@ -164,7 +164,7 @@ def test_per_image_runs_keep_each_protected_image_valid(tmp_path: Path, attack: 
     assert metrics["judged/stargan"] == 3 * 5 and metrics["steps"] == 2 * 3
     from PIL import Image
 
-    for name in saved["names"]:  # the protected faces, ready to share, equal x + delta up to 8-bit rounding
+    for name in saved.names:  # the protected faces, ready to share, equal x + delta up to 8-bit rounding
         assert Image.open(tmp_path / "protected" / f"{name}.png").size == (32, 32)
     assert saved.victims == {"stargan": "random", "attgan": "random"} and saved.image_size == 32
     from advwm.data import DemoDataModule
