@@ -27,6 +27,7 @@ against what a person sees) or *skipped/refused* with a line naming the file and
 | palette_png | palette.png | loaded | exact pixels |
 | palette_transparent_png | palette_transparent.png | loaded | transparent index on white; alpha kept |
 | animated_gif | animated.gif | loaded | first frame, warning "frames" |
+| camera_mpo | camera_mpo.jpg (multi-picture JPEG) | loaded | first picture, no warning |
 | exif_3 / exif_6 / exif_8 | exif_N.jpg | loaded | upright (rotated by the EXIF tag) |
 | webp | lossless.webp | loaded | exact pixels |
 | tiff | plain.tif | loaded | exact pixels |
@@ -171,6 +172,12 @@ def _animated(path: Path) -> None:
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
 
 
+def _mpo(path: Path) -> None:
+    """A camera's multi-picture JPEG (MPO): the photo, then a second picture (e.g. a preview)."""
+    second = Image.fromarray(np.full((HEIGHT, WIDTH, 3), 30, np.uint8))
+    Image.fromarray(pattern()).save(path, format="MPO", save_all=True, append_images=[second], quality=95)
+
+
 def _tiff_float(values: np.ndarray) -> Callable[[Path], None]:
     def make(path: Path) -> None:
         import tifffile
@@ -251,6 +258,7 @@ PHOTO_CASES: list[PhotoCase] = [
               lambda p: _save(_palette(True), p, transparency=_palette(True).info["transparency"]),
               expected=_palette_expected(True), alpha=True),
     PhotoCase("animated_gif", "animated.gif", _animated, expected=unit(pattern()), warning="frames"),
+    PhotoCase("camera_mpo", "camera_mpo.jpg", _mpo, expected=unit(pattern()), exact=False),
     PhotoCase("exif_3", "exif_3.jpg", _exif_jpeg(3), expected=unit(pattern()), exact=False),
     PhotoCase("exif_6", "exif_6.jpg", _exif_jpeg(6), expected=unit(pattern()), exact=False),
     PhotoCase("exif_8", "exif_8.jpg", _exif_jpeg(8), expected=unit(pattern()), exact=False),

@@ -111,8 +111,8 @@ def test_data_folder_loads_the_case_as_a_person_sees_it(case: PhotoCase, corpus,
         assert np.abs(seen - reference).max() <= 1e-5
     else:
         assert np.abs(quadrant_means(seen) - quadrant_means(reference)).max() <= LOSSY_TOLERANCE
-    if case.warning:
-        assert any(str(corpus[case.name]) in line and case.warning in line for line in lines)
+    named = [line for line in lines if str(corpus[case.name]) in line]
+    assert (len(named) == 1 and case.warning in named[0]) if case.warning else not named, named
 
 
 @pytest.mark.parametrize("case", LOADED, ids=lambda c: c.name)

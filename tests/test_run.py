@@ -40,7 +40,7 @@ def small(*victims: str) -> list[str]:
 SMALL = small("stargan", "attgan")
 
 
-def run_cli(args: list[str], timeout: int = 120) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], timeout: int = 1800) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}
     return subprocess.run([sys.executable, "-m", "advwm.run", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)

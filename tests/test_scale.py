@@ -21,7 +21,7 @@ TINY = ["+victims=[stargan]", "weights=random", "logger=csv", "image_size=32", "
 
 def run(args: list[str]) -> subprocess.CompletedProcess:
     result = subprocess.run([sys.executable, "-m", "advwm.run", *args], cwd=REPO, capture_output=True, text=True,
-                            timeout=300, env={**os.environ, "WANDB_MODE": "offline"})
+                            timeout=1800, env={**os.environ, "WANDB_MODE": "offline"})
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 

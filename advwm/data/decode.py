@@ -105,7 +105,8 @@ def _decode(path: Path, min_side: int, max_aspect: float) -> DecodedPhoto:
             check_geometry(image.size, min_side, max_aspect)
             frames = int(getattr(image, "n_frames", 1) or 1)
             if frames > 1:
-                notes.append(f"has {frames} frames (animated or multi-page): only the first is used")
+                if image.format != "MPO":  # a camera's multi-picture JPEG: the first picture is the photo
+                    notes.append(f"has {frames} frames (animated or multi-page): only the first is used")
                 image.seek(0)
             rawmode = _rawmode(image)  # before anything loads the pixels (loading clears the tile list)
             orientation = _orientation(image, notes)
