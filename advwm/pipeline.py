@@ -174,7 +174,9 @@ def craft(cfg: DictConfig) -> dict[str, Any]:
     datamodule = build_datamodule(cfg, repeats)
 
     evaluation = EvaluationCallback(settings_from(cfg.get("metrics")))
-    export = WatermarkExport(output_dir)
+    export = WatermarkExport(output_dir, metadata={  # what watermark.pt says about itself (advwm.watermark_file)
+        "eps": float(cfg.eps), "image_size": int(cfg.image_size),
+        "victims": {r.victim.name: r.weights for r in resolved}, "config": OmegaConf.to_yaml(cfg, resolve=True)})
     checkpoints = ModelCheckpoint(dirpath=output_dir / "checkpoints", save_last=True, save_top_k=0,
                                   every_n_train_steps=int(cfg.get("checkpoint_every", 50)))
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[evaluation, export, checkpoints],

@@ -17,6 +17,7 @@ from test_run import compose_run, small
 
 from advwm.data import DemoDataModule
 from advwm.pipeline import build_victims, craft
+from advwm.watermark_file import load_watermark
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +60,7 @@ def test_every_aggregators_metrics_equal_a_recomputation_from_its_watermark(tmp_
                                  "attack.iterations=2", "data.craft=[astronaut]",
                                  "data.evaluate=[grace_hopper,grace_hopper@mirror]", *small("stargan", "attgan")])
     metrics = craft(cfg)
-    watermark = torch.load(tmp_path / "watermark.pt", weights_only=True)
+    watermark = load_watermark(tmp_path / "watermark.pt").tensor
     assert watermark.shape == (3, 32, 32) and 0 < watermark.abs().max() <= 0.05 + 1e-6
     expected = recompute(cfg, watermark)
     for key, value in expected.items():
@@ -74,7 +75,7 @@ def test_bim_and_pgd_rows_of_cmua_table_3_craft_different_watermarks(tmp_path: P
     for method in ("universal_bim", "universal_pgd"):
         cfg = compose_run(tmp_path / method, [*common, f"+method={method}"])
         craft(cfg)
-        watermarks[method] = torch.load(tmp_path / method / "watermark.pt", weights_only=True)
+        watermarks[method] = load_watermark(tmp_path / method / "watermark.pt").tensor
         radius = cfg.attack.options.start_radius
         assert radius == (0.001 if method == "universal_bim" else cfg.eps)
     assert not torch.equal(watermarks["universal_bim"], watermarks["universal_pgd"])

@@ -14,6 +14,7 @@ from advwm.attacks.reference import cmua_reference_watermark
 from advwm.attacks.regularizers import make_regularizer
 from advwm.callbacks import EvaluationCallback, WatermarkExport
 from advwm.victims import build_victim
+from advwm.watermark_file import load_watermark
 
 torch.set_num_threads(1)
 
@@ -191,12 +192,12 @@ def test_per_image_evaluation_and_export_use_each_batch_final_perturbation(tmp_p
     assert module.watermark().shape == (1, 3, 4, 4)  # the last batch holds one image
     results = evaluation.results(module)
     assert results["judged/a"] == 3 * 2 and results["images_judged"] == 3
-    saved = torch.load(tmp_path / "watermark.pt", weights_only=True)
-    assert saved["names"] == ["img0", "img1", "img2"]
-    assert torch.equal(saved["perturbations"][2:], module.watermark())
-    protected = (images + saved["perturbations"]).clamp(-1, 1)
-    assert torch.allclose(protected - images, saved["perturbations"], atol=1e-6)  # x + delta stays in range
-    assert saved["perturbations"].abs().max() <= 0.05 + 1e-7 and saved["perturbations"].abs().min() < 0.05
+    saved = load_watermark(tmp_path / "watermark.pt", scope="per_image")
+    assert saved.names == ["img0", "img1", "img2"] and saved.eps == 0.05 and saved.victims == {"a": "unknown"}
+    assert torch.equal(saved.perturbations[2:], module.watermark())
+    protected = (images + saved.perturbations).clamp(-1, 1)
+    assert torch.allclose(protected - images, saved.perturbations, atol=1e-6)  # x + delta stays in range
+    assert saved.perturbations.abs().max() <= 0.05 + 1e-7 and saved.perturbations.abs().min() < 0.05
 
 
 @pytest.mark.slow

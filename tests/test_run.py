@@ -15,6 +15,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from advwm.pipeline import craft
+from advwm.watermark_file import load_watermark
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_ARCH = {
@@ -39,7 +40,7 @@ def small(*victims: str) -> list[str]:
 SMALL = small("stargan", "attgan")
 
 
-def run_cli(args: list[str], timeout: int = 120) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], timeout: int = 1800) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}
     return subprocess.run([sys.executable, "-m", "advwm.run", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)
@@ -74,9 +75,12 @@ def test_cli_demo_with_small_random_victims_writes_every_output(tmp_path: Path) 
         assert (tmp_path / name).is_file(), name
     offline_runs = list((tmp_path / "wandb").glob("offline-run-*"))  # W&B ran, offline (no login in tests)
     assert len(offline_runs) == 1 and list(offline_runs[0].glob("run-*.wandb"))
-    watermark = torch.load(tmp_path / "watermark.pt", weights_only=True)
+    saved = load_watermark(tmp_path / "watermark.pt", scope="universal")
+    watermark = saved.tensor
     assert watermark.shape == (3, 32, 32)
     assert watermark.abs().max() <= 0.05 + 1e-6 and watermark.abs().max() > 0
+    assert saved.has_metadata and saved.eps == 0.05 and saved.image_size == 32
+    assert saved.victims == {"stargan": "random", "attgan": "random"} and "image_size: 32" in saved.config
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("sr_mask/stargan", "sr_mask/attgan", "sr_mask/mean", "sr_mask/stargan/Blond_Hair",
                 "sr_mask/attgan/Eyeglasses", "l2_mask/stargan", "empty_mask/attgan", "eps", "steps", "seconds"):
@@ -141,22 +145,23 @@ def test_per_image_runs_keep_each_protected_image_valid(tmp_path: Path, attack: 
                                  f"regularizer={regularizer}", "attack.iterations=3",
                                  "data.craft=[astronaut,grace_hopper,astronaut@mirror]", *SMALL])
     metrics = craft(cfg)
-    saved = torch.load(tmp_path / "watermark.pt", weights_only=True)
-    assert saved["perturbations"].shape == (3, 3, 32, 32)
-    assert saved["names"] == ["astronaut", "grace_hopper", "astronaut@mirror"]
-    assert saved["perturbations"].abs().max() <= 0.05 + 1e-6
+    saved = load_watermark(tmp_path / "watermark.pt", scope="per_image")
+    assert saved.perturbations.shape == (3, 3, 32, 32)
+    assert saved.names == ["astronaut", "grace_hopper", "astronaut@mirror"]
+    assert saved.perturbations.abs().max() <= 0.05 + 1e-6
     assert metrics["judged/stargan"] == 3 * 5 and metrics["steps"] == 2 * 3
     from PIL import Image
 
-    for name in saved["names"]:  # the protected faces, ready to share, equal x + delta up to 8-bit rounding
+    for name in saved.names:  # the protected faces, ready to share, equal x + delta up to 8-bit rounding
         assert Image.open(tmp_path / "protected" / f"{name}.png").size == (32, 32)
+    assert saved.victims == {"stargan": "random", "attgan": "random"} and saved.image_size == 32
     from advwm.data import DemoDataModule
 
     demo = DemoDataModule(craft=["grace_hopper"], evaluate=["astronaut"], image_size=32, batch_size=1)
     demo.setup()
     clean = next(iter(demo.train_dataloader()))["image"][0]
     png = torch.from_numpy(np.asarray(Image.open(tmp_path / "protected" / "grace_hopper.png"))).permute(2, 0, 1)
-    expected = ((clean + saved["perturbations"][1]).clamp(-1, 1) + 1) / 2 * 255
+    expected = ((clean + saved.perturbations[1]).clamp(-1, 1) + 1) / 2 * 255
     assert (png.float() - expected).abs().max() <= 0.5 + 1e-3
 
 
@@ -198,7 +203,7 @@ def test_a_victim_that_returns_nan_stops_with_one_line_and_keeps_the_watermark(t
         trainer.fit(module, datamodule=TensorFaces(torch.zeros(1, 3, 4, 4), batch_size=1, repeats=2))
     message = str(caught.value)
     assert "\n" not in message and "broken" in message and "iteration 0" in message
-    partial = torch.load(tmp_path / "watermark.partial.pt", weights_only=True)
+    partial = load_watermark(tmp_path / "watermark.partial.pt").tensor
     assert partial.shape == (3, 4, 4)
 
 
@@ -212,9 +217,9 @@ def test_resuming_from_the_last_checkpoint_equals_an_uninterrupted_run(tmp_path:
     assert last.is_file()
     resumed = craft(compose_run(tmp_path / "resumed", [*common, "trainer.max_epochs=2", f"ckpt_path={last}"]))
     assert straight["steps"] == resumed["steps"] == 8
-    a = torch.load(tmp_path / "straight" / "watermark.pt", weights_only=True)
-    b = torch.load(tmp_path / "resumed" / "watermark.pt", weights_only=True)
-    first = torch.load(tmp_path / "first" / "watermark.pt", weights_only=True)
+    a = load_watermark(tmp_path / "straight" / "watermark.pt").tensor
+    b = load_watermark(tmp_path / "resumed" / "watermark.pt").tensor
+    first = load_watermark(tmp_path / "first" / "watermark.pt").tensor
     assert not torch.equal(first, b)
     assert torch.allclose(a, b, atol=1e-6)
 
@@ -260,7 +265,7 @@ def test_the_papers_victim_sets_run_and_report_per_condition(tmp_path: Path, vic
     metrics = craft(cfg)
     from test_end_to_end import recompute
 
-    recomputed = recompute(cfg, torch.load(tmp_path / "watermark.pt", weights_only=True))
+    recomputed = recompute(cfg, load_watermark(tmp_path / "watermark.pt").tensor)
     for victim in victims:  # each victim's numbers, recomputed from the saved watermark by hand
         assert metrics[f"avg_l/{victim}"] == pytest.approx(recomputed[f"avg_l/{victim}"], rel=1e-4, abs=1e-7)
         assert metrics[f"sr_mask/{victim}"] == pytest.approx(recomputed[f"sr_mask/{victim}"])

@@ -1,5 +1,9 @@
 """Writes what a run produces besides its metrics: the watermark (tensor + picture) and image grids.
 
+`watermark.pt` is the dict of `advwm.watermark_file.payload`: the tensor(s) plus what the run knew
+(eps, image size, victims and whether their weights were official or random, the config), so that
+`python -m advwm.protect` can check the file and warn about a watermark crafted against random victims.
+
 On an exception (a NaN, a bad image, Ctrl-C) the perturbation crafted so far is still saved, as
 `watermark.partial.pt`, so no finished work is lost.
 """
@@ -15,6 +19,7 @@ from PIL import Image, ImageDraw
 from torchvision.utils import make_grid, save_image
 
 from advwm.data.transforms import to_unit_range
+from advwm.watermark_file import payload as watermark_payload
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +54,15 @@ def comparison_grid(sample: dict[str, torch.Tensor], condition_names: list[str] 
 
 
 class WatermarkExport(Callback):
-    """Saves `watermark.pt` (+ `.png`) and, via `save_grids`, `images/<victim>.png` into `output_dir`."""
+    """Saves `watermark.pt` (+ `.png`) and, via `save_grids`, `images/<victim>.png` into `output_dir`.
 
-    def __init__(self, output_dir: str | Path) -> None:
+    `metadata` (set by the pipeline: `eps`, `image_size`, `victims` {name: "official"|"random"}, `config`)
+    goes into watermark.pt; what it leaves out is taken from the module (victims then marked "unknown").
+    """
+
+    def __init__(self, output_dir: str | Path, metadata: dict | None = None) -> None:
         self.output_dir = Path(output_dir)
+        self.metadata = dict(metadata or {})
         self.per_image: list[torch.Tensor] = []
         self.names: list[str] = []
 
@@ -71,18 +81,24 @@ class WatermarkExport(Callback):
             path.parent.mkdir(parents=True, exist_ok=True)
             save_image(to_unit_range(image), path)
 
-    def payload(self, module: LightningModule) -> torch.Tensor | dict:
+    def payload(self, module: LightningModule) -> dict:
+        """watermark.pt's content: the perturbation(s) and the run's metadata (`advwm.watermark_file`)."""
+        size = int(module.perturbation.shape[-1])
+        victims = self.metadata.get("victims") or {v.name: "unknown" for v in module.victims}
+        meta = {"eps": float(self.metadata.get("eps", module.eps)),
+                "image_size": int(self.metadata.get("image_size", size)),
+                "victims": dict(victims), "config": self.metadata.get("config")}
         if module.scope == "universal":
-            return module.watermark()
-        stacked = torch.cat(self.per_image) if self.per_image else torch.empty(0, 3, 0, 0)
-        return {"perturbations": stacked, "names": list(self.names)}
+            return watermark_payload("universal", module.watermark(), **meta)
+        stacked = torch.cat(self.per_image) if self.per_image else torch.empty(0, 3, size, size)
+        return watermark_payload("per_image", stacked, list(self.names), **meta)
 
     def save(self, module: LightningModule, name: str = "watermark") -> Path:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         path = self.output_dir / f"{name}.pt"
         payload = self.payload(module)
         torch.save(payload, path)
-        picture = payload if isinstance(payload, torch.Tensor) else payload["perturbations"][:16]
+        picture = payload["watermark"] if payload["scope"] == "universal" else payload["perturbations"][:16]
         if picture.numel():
             grid = watermark_picture(picture, module.eps)
             save_image(grid if grid.dim() == 3 else make_grid(grid, nrow=4), self.output_dir / f"{name}.png")

@@ -17,6 +17,7 @@ from lightning.pytorch import LightningDataModule
 from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, Subset
 
+from advwm.data.decode import PhotoError, open_photo
 from advwm.data.transforms import preprocess
 
 log = logging.getLogger(__name__)
@@ -39,27 +40,40 @@ class FaceItem:
     opener: Callable[[], Image.Image] | None = field(default=None, repr=False)
 
     def open(self) -> Image.Image:
-        """The raw PIL image (from the file, or from a package's bundled array)."""
+        """The photo as a person sees it, 8-bit RGB (see `advwm.data.decode`), or a package's bundled array."""
         if self.opener is not None:
             return self.opener()
         assert self.path is not None
-        with Image.open(self.path) as image:
-            image.load()
-            return image.convert("RGB")
+        return open_photo(self.path).to_pil()
+
+    def check(self) -> list[str]:
+        """Decode once; returns the decoder's warnings (raises when the image cannot be used)."""
+        if self.opener is not None:
+            self.opener()
+            return []
+        assert self.path is not None
+        return open_photo(self.path).warnings
 
 
 def readable(items: Sequence[FaceItem], source: str) -> tuple[list[FaceItem], list[str]]:
-    """Keep the items whose image decodes; warn about each unreadable one (named) and return them too."""
+    """Keep the items whose image decodes into a usable photo; warn about each other one (named, with the
+    reason) and return them too. Decoder warnings (e.g. an animated GIF's first frame) are logged here, once."""
     kept: list[FaceItem] = []
     skipped: list[str] = []
     for item in items:
+        where = item.path or item.name
         try:
-            item.open()
-        except Exception as error:  # PIL raises many types for corrupt or non-image files
-            log.warning("skipping unreadable image %s (%s: %s)", item.path or item.name, type(error).__name__,
+            notes = item.check()
+        except PhotoError as error:
+            log.warning("skipping image %s: %s", where, error)
+            skipped.append(where)
+        except Exception as error:  # an opener failing in a way nobody listed: skip that image only
+            log.warning("skipping unreadable image %s (%s: %s)", where, type(error).__name__,
                         str(error).splitlines()[0] if str(error) else "")
-            skipped.append(item.path or item.name)
+            skipped.append(where)
         else:
+            for note in notes:
+                log.warning("image %s: %s", where, note)
             kept.append(item)
     if skipped:
         log.warning("%s: skipped %d unreadable image(s) of %d", source, len(skipped), len(items))
@@ -130,6 +144,7 @@ class FaceDataModule(LightningDataModule):
         self.craft_items: list[FaceItem] = []
         self.eval_items: list[FaceItem] = []
         self.skipped: list[str] = []
+        self.unlisted: list[str] = []  # entries passed over while listing the source (e.g. symlink loops)
         self._ready = False
 
     def load_items(self) -> tuple[list[FaceItem], list[FaceItem]]:
@@ -146,7 +161,7 @@ class FaceDataModule(LightningDataModule):
         craft, held_out = self.load_items()
         self.craft_items, skipped_craft = readable(craft, self.source)
         self.eval_items, skipped_eval = readable(held_out, self.source)
-        self.skipped = skipped_craft + skipped_eval
+        self.skipped = list(self.unlisted) + skipped_craft + skipped_eval
         if not self.craft_items:
             raise NoImagesError(f"{self.source}: no readable image to craft on"
                                 f" ({len(craft)} candidate(s), {len(skipped_craft)} unreadable)")

@@ -1,14 +1,22 @@
-"""Any folder of face photos (LFW, Films100, your own pictures) as crafting + held-out splits."""
+"""Any folder of face photos (LFW, Films100, your own pictures) as crafting + held-out splits.
+
+Files are found and decoded by `advwm.data.decode` (the rules protect uses too): EXIF orientation, bit
+depth, alpha on white, CMYK/ICC to sRGB, first frame of animations; odd files are skipped, each named.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 from advwm.data.base import FaceDataModule, FaceItem, NoImagesError
+from advwm.data.decode import IMAGE_SUFFIXES, list_photos
 from advwm.data.labels import label_vector
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+__all__ = ["IMAGE_SUFFIXES", "ImageFolderDataModule"]
+
+log = logging.getLogger(__name__)
 
 
 class ImageFolderDataModule(FaceDataModule):
@@ -41,7 +49,11 @@ class ImageFolderDataModule(FaceDataModule):
     def load_items(self) -> tuple[list[FaceItem], list[FaceItem]]:
         if not self.root.is_dir():
             raise NoImagesError(f"image folder {self.root} does not exist or is not a folder")
-        files = sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        listing = list_photos(self.root)
+        for path, reason in listing.skipped:
+            log.warning("skipping %s: %s", path, reason)
+        self.unlisted = [str(path) for path, _ in listing.skipped]
+        files = listing.files
         if not files:
             raise NoImagesError(f"image folder {self.root} holds no image file ({', '.join(IMAGE_SUFFIXES)})")
         items = [FaceItem(name=str(p.relative_to(self.root)), labels=self.labels, path=str(p),

@@ -1,0 +1,197 @@
+"""The generated corpus (tests/corpus.py) through `data=folder`, `advwm.protect` and the file loaders.
+
+Each case's outcome is in corpus.py's table; here every case is checked through the folder data module
+(skipped with a warning naming it, or loaded with the right pixels) and through protect (refused with one
+line, or written with the right size, alpha and bit depth), plus the watermark and checkpoint files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from corpus import CHECKPOINT_CASES, PHOTO_CASES, WATERMARK_CASES, PhotoCase, make_photo_corpus, pattern, v1
+from PIL import Image
+
+from advwm.data import ImageFolderDataModule
+from advwm.data.decode import open_photo, orient
+from advwm.data.transforms import preprocess
+from advwm.protect import Job, protect_one
+from advwm.watermark_file import WatermarkError, load_watermark
+
+REPO = Path(__file__).resolve().parents[1]
+LOADED = [c for c in PHOTO_CASES if c.loads]
+REFUSED = [c for c in PHOTO_CASES if not c.loads]
+LOSSY_TOLERANCE = 10 / 255  # JPEG on flat quadrants, away from the edges
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict[str, Path]:
+    return make_photo_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="module")
+def folder_module(corpus) -> tuple[ImageFolderDataModule, list[str]]:
+    """The whole corpus as one data=folder source, set up once; (module, warning lines)."""
+    root = next(iter(corpus.values())).parent
+    module = ImageFolderDataModule(str(root), n_craft=1000, image_size=32, batch_size=4)
+    collect = _Collect()
+    logger = logging.getLogger("advwm")
+    logger.addHandler(collect)
+    try:
+        module.setup()
+    finally:
+        logger.removeHandler(collect)
+    return module, collect.lines
+
+
+def quadrant_means(picture: np.ndarray) -> np.ndarray:
+    """Mean colour of each quadrant's interior [4,3] ([H,W,3] input); edges left out (JPEG ringing)."""
+    height, width = picture.shape[:2]
+    my, mx = max(1, height // 8), max(1, width // 8)
+    h2, w2 = height // 2, width // 2
+    boxes = [(0, h2, 0, w2), (0, h2, w2, width), (h2, height, 0, w2), (h2, height, w2, width)]
+    return np.stack([picture[t + my:b - my, l + mx:r - mx].reshape(-1, picture.shape[2]).mean(0)
+                     for t, b, l, r in boxes])
+
+
+def test_the_corpus_has_at_least_24_cases() -> None:
+    assert len(PHOTO_CASES) + len(WATERMARK_CASES) + len(CHECKPOINT_CASES) >= 24
+    assert len({c.name for c in PHOTO_CASES}) == len(PHOTO_CASES)
+
+
+def test_orient_matches_pils_exif_transpose_for_all_eight_orientations(tmp_path: Path) -> None:
+    from PIL import ImageOps
+
+    stored = np.arange(5 * 7 * 3, dtype=np.uint8).reshape(5, 7, 3)
+    for orientation in range(1, 9):
+        image = Image.fromarray(stored)
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        image.save(tmp_path / "o.png", exif=exif.tobytes())
+        expected = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "o.png")))
+        assert np.array_equal(orient(stored, orientation), expected), orientation
+
+
+@pytest.mark.parametrize("case", REFUSED, ids=lambda c: c.name)
+def test_data_folder_skips_the_case_with_a_warning_naming_it(case: PhotoCase, corpus, folder_module) -> None:
+    module, lines = folder_module
+    path = str(corpus[case.name])
+    assert path in module.skipped  # counted in metrics.json's data/skipped_images
+    named = [line for line in lines if path in line]
+    assert len(named) == 1 and case.reason in named[0], named
+    assert case.filename not in [item.name for item in module.craft_items]
+
+
+@pytest.mark.parametrize("case", LOADED, ids=lambda c: c.name)
+def test_data_folder_loads_the_case_as_a_person_sees_it(case: PhotoCase, corpus, folder_module) -> None:
+    module, lines = folder_module
+    names = [item.name for item in module.craft_items]
+    assert case.filename in names
+    sample = module.train_dataloader().dataset[names.index(case.filename)]
+    seen = (sample["image"].permute(1, 2, 0).numpy() + 1.0) / 2.0  # [32,32,3] in [0,1]
+    expected_8bit = np.clip(np.rint(case.expected * 255), 0, 255).astype(np.uint8)
+    reference = (preprocess(Image.fromarray(expected_8bit), 32).permute(1, 2, 0).numpy() + 1.0) / 2.0
+    if case.exact:
+        assert np.abs(seen - reference).max() <= 1e-5
+    else:
+        assert np.abs(quadrant_means(seen) - quadrant_means(reference)).max() <= LOSSY_TOLERANCE
+    named = [line for line in lines if str(corpus[case.name]) in line]
+    assert (len(named) == 1 and case.warning in named[0]) if case.warning else not named, named
+
+
+@pytest.mark.parametrize("case", LOADED, ids=lambda c: c.name)
+def test_decoder_gives_upright_full_depth_pixels(case: PhotoCase, corpus) -> None:
+    photo = open_photo(corpus[case.name])
+    assert photo.size == (pattern().shape[1], pattern().shape[0])  # upright: 96 wide, 64 high
+    assert photo.bit_depth == case.bit_depth and (photo.alpha is not None) == case.alpha
+    if case.exact:
+        tolerance = 1e-6 if case.bit_depth == 16 else 0.5 / 255
+        assert np.abs(photo.on_white() - case.expected).max() <= tolerance
+    else:
+        assert np.abs(quadrant_means(photo.on_white()) - quadrant_means(case.expected)).max() <= LOSSY_TOLERANCE
+
+
+@pytest.mark.parametrize("case", [c for c in REFUSED if not c.listing_only], ids=lambda c: c.name)
+def test_protect_refuses_the_case_in_one_line(case: PhotoCase, corpus, tmp_path: Path) -> None:
+    line = protect_one(Job(corpus[case.name], tmp_path / "out.png"), torch.zeros(3, 8, 8), False, None, 1.0)
+    assert line is not None and "\n" not in line
+    assert line.startswith(f"refused {corpus[case.name]}: ") and case.reason in line
+    assert not (tmp_path / "out.png").exists()
+
+
+@pytest.mark.parametrize("case", LOADED, ids=lambda c: c.name)
+def test_protect_writes_the_case_upright_with_its_alpha_and_depth(case: PhotoCase, corpus, tmp_path: Path) -> None:
+    target = tmp_path / "deep" / f"{case.filename}.png"
+    assert protect_one(Job(corpus[case.name], target), torch.zeros(3, 8, 8), False, None, 1.0) is None
+    written = open_photo(target)
+    source = open_photo(corpus[case.name])
+    assert written.size == source.size and written.bit_depth == case.bit_depth
+    assert (written.alpha is not None) == case.alpha
+    top = 65535 if case.bit_depth == 16 else 255
+    assert np.abs(written.colour - source.colour).max() <= 0.5 / top + 1e-6  # zero watermark: the photo itself
+    if case.alpha:
+        assert np.array_equal(np.rint(written.alpha * 255), np.rint(source.alpha * 255))
+    assert [p.name for p in target.parent.iterdir()] == [target.name]  # no temporary file left behind
+
+
+def test_protect_cli_over_the_whole_corpus_names_every_refusal(corpus, tmp_path: Path) -> None:
+    root = next(iter(corpus.values())).parent
+    torch.save(v1(torch.zeros(3, 16, 16)), tmp_path / "watermark.pt")
+    result = subprocess.run([sys.executable, "-m", "advwm.protect", str(tmp_path / "watermark.pt"), str(root),
+                             "--out", str(tmp_path / "out"), "--no-detect"], cwd=REPO, capture_output=True,
+                            text=True, timeout=1800, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    err_lines = result.stderr.strip().splitlines()
+    for case in REFUSED:
+        named = [line for line in err_lines if case.filename in line]
+        assert len(named) == 1 and case.reason in named[0], (case.name, named)
+    for case in LOADED:
+        assert (tmp_path / "out" / f"{case.filename}.png").is_file(), case.name
+    assert f"protected {len(LOADED)} photo(s)" in result.stdout
+
+
+@pytest.mark.parametrize("case", WATERMARK_CASES, ids=lambda c: c.name)
+def test_watermark_files_load_or_are_refused_in_one_line(case, tmp_path: Path) -> None:
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "watermark.pt"
+    path.write_bytes(case.make(marker))
+    scope = "universal" if case.name == "per_image_for_protect" else None
+    if case.reason:
+        with pytest.raises(WatermarkError) as caught:
+            load_watermark(path, scope=scope)
+        message = str(caught.value)
+        assert "\n" not in message and case.reason in message and str(path) in message
+    else:
+        loaded = load_watermark(path)
+        assert loaded.watermark is not None and loaded.watermark.shape == (3, 32, 32)
+        assert any(case.warning in w for w in loaded.warnings) if case.warning else not loaded.warnings
+    assert not marker.exists()  # a pickle with code never ran
+
+
+@pytest.mark.parametrize("case", CHECKPOINT_CASES, ids=lambda c: c.name)
+def test_broken_checkpoints_are_refused_in_one_line(case, tmp_path: Path) -> None:
+    from advwm.victims import CheckpointError, load_checkpoint_into
+
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "G.ckpt"
+    path.write_bytes(case.make(marker))
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint_into("stargan", torch.nn.Linear(2, 2), path)
+    assert "\n" not in str(caught.value) and case.reason in str(caught.value)
+    assert not marker.exists()
