@@ -28,7 +28,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.weights_dir:
         origin = "--weights-dir"
     else:
-        origin = "$ADVWM_ROOT/weights" if "ADVWM_ROOT" in os.environ else "default: ./weights"
+        origin = "$ADVWM_ROOT/weights" if "ADVWM_ROOT" in os.environ else "default: <project root>/weights"
     print(f"weights dir: {root} ({origin}; paths.weights_dir in conf/paths/default.yaml)")
     for name, spec in SPECS.items():
         lay = layout(name)
@@ -104,10 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="List, check and fetch the official checkpoints of advwm's victims.",
-        epilog="Default file of a victim: <weights-dir>/<victim>/<file>, weights-dir = ${ADVWM_ROOT:-.}/weights.",
+        epilog="Default file of a victim: <weights-dir>/<victim>/<file>, weights-dir = <project root>/weights "
+        "(root: $ADVWM_ROOT, else the advwm checkout).",
     )
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--weights-dir", help="where the victims' files live (default: ${ADVWM_ROOT:-.}/weights)")
+    common.add_argument("--weights-dir", help="where the victims' files live (default: <project root>/weights)")
     arch = argparse.ArgumentParser(add_help=False)
     arch.add_argument(
         "--arch", action="append", default=[], metavar="KEY=VALUE",
