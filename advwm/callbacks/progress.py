@@ -33,6 +33,10 @@ def victim_losses(metrics: dict[str, Any]) -> dict[str, float]:
 class AttackProgressBar(TQDMProgressBar):
     """`iteration 3/8 |███   | [02:01<03:02, 60.5s/it, stargan=0.012, attgan=0.004, total=0.016]`."""
 
+    # Lightning's format shows it/s always ("0.02it/s" for a minute per iteration); tqdm's rate_fmt turns
+    # into s/it when an iteration takes longer than a second
+    BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+
     def __init__(self, refresh_rate: int = 1) -> None:
         super().__init__(refresh_rate=refresh_rate, leave=False)
         self._done = 0

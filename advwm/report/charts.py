@@ -85,3 +85,58 @@ def history_chart(history: dict[str, Any]) -> Chart | None:
     axes.legend(fontsize=8)
     return Chart(f"sweep_{_slug(str(history['name']))}.png", f"sweep history: {history['name']}", _png(figure))
 
+
+
+def loss_chart(victim: str, curves: Sequence[tuple[str, Sequence[tuple[int, float]]]]) -> Chart | None:
+    """One victim's distortion loss against the attack iteration, one line per run (from the runs' CSV logs)."""
+    drawn = [(label, points) for label, points in curves if points]
+    if not drawn:
+        return None
+    figure = _figure(7.0, 3.4)
+    axes = figure.add_subplot(1, 1, 1)
+    for label, points in drawn:
+        steps, values = zip(*sorted(points), strict=True)
+        axes.plot(steps, values, "-", marker="." if len(steps) < 30 else None,
+                  label=label if len(label) <= 50 else label[:47] + "...")
+    axes.set_xlabel("attack iteration")
+    axes.set_ylabel(f"loss/{victim}")
+    axes.set_title(f"{victim}: distortion loss per iteration", fontsize=10)
+    axes.grid(alpha=0.3)
+    if len(drawn) <= 12:
+        axes.legend(fontsize=7)
+    return Chart(f"loss_{_slug(victim)}.png", f"loss/{victim}", _png(figure))
+
+
+def parallel_chart(history: dict[str, Any]) -> Chart | None:
+    """Parallel coordinates of a sweep: each complete trial a line through its parameters (scaled to the
+    range seen) to its objective, coloured by the objective, so good regions of the step sizes stand out."""
+    done = [t for t in history["trials"] if t["state"] == "COMPLETE" and not math.isnan(as_number(t["value"]))]
+    names = list(dict.fromkeys(p for t in done for p in t["params"]
+                               if not math.isnan(as_number(t["params"][p]))))
+    if len(done) < 2 or not names:
+        return None
+    from matplotlib import colormaps
+
+    axes_names = [*names, "objective"]
+    table = [[as_number(t["params"].get(n)) for n in names] + [float(t["value"])] for t in done]
+    lows = [min(row[i] for row in table) for i in range(len(axes_names))]
+    highs = [max(row[i] for row in table) for i in range(len(axes_names))]
+    figure = _figure(7.0, 3.6)
+    axes = figure.add_subplot(1, 1, 1)
+    colours = colormaps["viridis"]
+    span_obj = (highs[-1] - lows[-1]) or 1.0
+    for row in table:
+        scaled = [0.5 if highs[i] == lows[i] else (v - lows[i]) / (highs[i] - lows[i]) for i, v in enumerate(row)]
+        axes.plot(range(len(axes_names)), scaled, "-", alpha=0.8, color=colours((row[-1] - lows[-1]) / span_obj))
+    axes.set_xticks(range(len(axes_names)))
+    axes.set_xticklabels([n.replace("victims.", "").replace(".step_scale", " step") for n in axes_names],
+                         fontsize=7, rotation=20)
+    axes.set_yticks([0, 1])
+    axes.set_yticklabels(["min", "max"], fontsize=7)
+    for i in range(len(axes_names)):
+        axes.axvline(i, color="#888", lw=0.5)
+        axes.text(i, 1.02, f"{highs[i]:.3g}", ha="center", fontsize=6)
+        axes.text(i, -0.08, f"{lows[i]:.3g}", ha="center", fontsize=6)
+    axes.set_title(f"study {history['name']}: parameters vs objective (colour: objective)", fontsize=10)
+    return Chart(f"parallel_{_slug(str(history['name']))}.png", f"parallel coordinates: {history['name']}",
+                 _png(figure))

@@ -28,8 +28,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="*", help="multirun folders, run folders or parents of them")
     parser.add_argument("--out", help="folder for report.md / report.html (default: the first path)")
-    parser.add_argument("--metrics", default="sr_mask",
-                        help="comma-separated metrics, one table each (default sr_mask; e.g. sr_mask,l2_mask,fid)")
+    parser.add_argument("--metrics", default=None,
+                        help="comma-separated metrics, one table each with its charts (default: every metric the runs "
+                             "have, charts for sr_mask; e.g. sr_mask,l2_mask,fid)")
     parser.add_argument("--study", help="Optuna storage URL (sqlite:///..., postgresql://...) of a sweep")
     parser.add_argument("--study-name", help="the study in --study (optional when it holds only one)")
     parser.add_argument("--digits", type=int, default=3, help="decimals in the tables (default 3)")
@@ -40,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give run / multirun folders, or --study")
     if args.study_name and not args.study:
         parser.error("--study-name needs --study")
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     try:
         report = build_report(args.paths, metrics, args.study, args.study_name, args.digits,
                               not args.no_conditions, args.title)
@@ -55,8 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if out.is_file():
         out = out.parent
     markdown, page = write_report(report, out)
+    shown = metrics or report.metrics[:1]  # on the console: the named metrics, else the first (SR_mask)
     for section in report.sections:
-        if section.level == 2 and section.tables and section.title in metrics:
+        if section.level == 2 and section.tables and section.title in shown:
             print(f"{section.title}\n{md_table(section.tables[0])}\n")
     failed = sum(r.failed for r in report.runs)
     print(f"{len(report.runs)} runs ({failed} failed); report: {markdown}  {page}")

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from advwm.report.runs import TIMESTAMP, UNSET, Run, find_run_dirs, is_noise_key, load_run
+from advwm.report.tables import SeedGroup
 
 
 def _canon(value: Any) -> str:
@@ -100,9 +101,9 @@ def assign_labels(runs: Sequence[Run]) -> tuple[list[str], list[str]]:
     groups, keys = varying(runs)
     short = short_paths(runs)
     for run in runs:
-        parts = [f"{g}={_choice(run, g)}" for g in groups]
-        parts += [f"{k}={fmt_value(run.config[k]) if k in run.config else UNSET}" for k in keys]
-        run.label = ", ".join(parts) or short[run.path]
+        run.parts = {g: _choice(run, g) for g in groups}
+        run.parts.update({k: fmt_value(run.config[k]) if k in run.config else UNSET for k in keys})
+        run.label = ", ".join(f"{k}={v}" for k, v in run.parts.items()) or short[run.path]
     counts: dict[str, int] = {}
     for run in runs:  # finished runs with equal labels get their folder (failed ones are listed with theirs)
         if not run.failed:
@@ -119,3 +120,19 @@ def collect(paths: Iterable[str | os.PathLike]) -> list[Run]:
     assign_labels(runs)
     return runs
 
+
+
+SEED_KEY = "seed"
+
+
+def seed_groups(runs: Sequence[Run]) -> list[SeedGroup]:
+    """The finished runs grouped by everything that varies except `seed` (first seen first); empty when
+    the seed does not vary, or no two runs share the rest (nothing to average)."""
+    ok = [r for r in runs if not r.failed]
+    if not any(SEED_KEY in r.parts for r in ok):
+        return []
+    groups: dict[str, SeedGroup] = {}
+    for run in ok:
+        rest = ", ".join(f"{k}={v}" for k, v in run.parts.items() if k != SEED_KEY) or "all runs"
+        groups.setdefault(rest, SeedGroup(rest, [])).runs.append(run)
+    return list(groups.values()) if any(len(g.runs) > 1 for g in groups.values()) else []

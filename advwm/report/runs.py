@@ -35,6 +35,7 @@ class Run:
     choices: dict[str, Any] = field(default_factory=dict)
     all_choices: bool = False  # choices come from .hydra/hydra.yaml (a group not in them was not chosen)
     error: str | None = None  # why the run counts as failed (no or unreadable metrics.json)
+    parts: dict[str, str] = field(default_factory=dict)  # what differs from the other runs: {key: value}
 
     @property
     def failed(self) -> bool:
@@ -165,3 +166,37 @@ def load_run(folder: Path) -> Run:
                all_choices=all_choices, error=error)
 
 
+
+
+def loss_curves(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """The per-step losses a run's CSV log holds (`csv/metrics.csv`, columns `loss/<victim>` and `loss/total`):
+    `{"stargan": [(step, loss), ...], ...}`; empty when there is no CSV log."""
+    file = folder / "csv" / "metrics.csv"
+    curves: dict[str, list[tuple[int, float]]] = {}
+    if not file.is_file():
+        return curves
+    import csv
+
+    try:
+        with file.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                try:
+                    step = int(float(row.get("step") or "nan"))
+                except ValueError:
+                    continue
+                for key, text in row.items():
+                    if key and key.startswith("loss/") and key.count("/") == 1 and text not in (None, ""):
+                        try:
+                            curves.setdefault(key[len("loss/"):], []).append((step, float(text)))
+                        except ValueError:
+                            continue
+    except (OSError, csv.Error):
+        return {}
+    return curves
+
+
+def run_pictures(folder: Path) -> tuple[Path | None, dict[str, Path]]:
+    """(`watermark.png` or None, {victim: `images/<victim>.png`}) of a run folder."""
+    watermark = folder / "watermark.png"
+    grids = {p.stem: p for p in sorted((folder / "images").glob("*.png"))} if (folder / "images").is_dir() else {}
+    return (watermark if watermark.is_file() else None), grids

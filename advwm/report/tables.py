@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from advwm.report.runs import Run
@@ -90,3 +91,63 @@ def condition_columns(runs: Sequence[Run], metric: str, victim: str) -> list[str
     return list(dict.fromkeys(k for r in runs if not r.failed for k in r.metrics
                               if k.startswith(prefix) and "/" not in k[len(prefix):]))
 
+
+
+# Bookkeeping keys of metrics.json: numbers, but not measures of the watermark (they go in the runs table).
+NOT_METRICS = ("weights", "judged", "empty_mask", "fid_count", "data", "skipped", "periodic", "seconds", "steps",
+               "eps", "images_judged", "note")
+# The order metric tables appear in (others follow in the order first seen).
+PREFERRED = ("sr_mask", "l2_mask", "ruiz", "avg_l", "attack_rate", "fid", "liveness/acs_before",
+             "liveness/acs_after", "liveness/tfhc_before", "liveness/tfhc_after", "psnr", "ssim")
+
+
+def metric_families(runs: Sequence[Run]) -> list[str]:
+    """Every metric the finished runs have, one name per table: `sr_mask`, `fid`, `liveness/acs_after`, `psnr`, ...
+
+    A key `<family>/<victim>` or `<family>/mean` names the family; `<family>/<victim>/<condition>` is part
+    of one; a key without a victim part (`psnr`) is its own family. Bookkeeping keys (`weights/...`,
+    `judged/...`, `seconds`, ...) are not metrics."""
+    ok = [r for r in runs if not r.failed]
+    victims = set(victims_of(ok))
+    found: dict[str, None] = {}
+    for run in ok:
+        for key, value in run.metrics.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or key.split("/")[0] in NOT_METRICS:
+                continue
+            parts = key.split("/")
+            if parts[-1] in victims or parts[-1] == "mean":
+                found["/".join(parts[:-1])] = None
+            elif len(parts) >= 3 and parts[-2] in victims:
+                found["/".join(parts[:-2])] = None
+            elif len(parts) == 1:
+                found[key] = None
+    families = [f for f in found if f]
+    return [f for f in PREFERRED if f in families] + [f for f in families if f not in PREFERRED]
+
+
+@dataclass
+class SeedGroup:
+    """Runs that differ only in their seed: one row of the mean ± std table."""
+
+    label: str
+    runs: list[Run]
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
+    """(mean, sample standard deviation with n − 1, n) of the finite values; std is NaN for n < 2."""
+    finite = [v for v in values if not math.isnan(v)]
+    n = len(finite)
+    if n == 0:
+        return math.nan, math.nan, 0
+    mean = sum(finite) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in finite) / (n - 1)) if n > 1 else math.nan
+    return mean, std, n
+
+
+def fmt_mean_std(values: Sequence[float], digits: int = 3) -> str:
+    mean, std, n = mean_std(values)
+    if n == 0:
+        return DASH
+    if n == 1:
+        return f"{mean:.{digits}f} (n=1)"
+    return f"{mean:.{digits}f} ± {std:.{digits}f} (n={n})"
