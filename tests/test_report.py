@@ -253,6 +253,8 @@ def test_sweep_history_from_a_study(tmp_path: Path, study: tuple[str, str, float
     assert main(["--study", storage, "--study-name", name, "--out", str(out)]) == 0
     chart = out / "report_files" / "sweep_cmua_stargan.png"
     assert chart.stat().st_size > 1000
+    # parallel coordinates: each trial's step size against its objective
+    assert (out / "report_files" / "parallel_cmua_stargan.png").stat().st_size > 1000
     text = (out / "report.md").read_text()
     assert best == 0.625 and "Best value: 0.625 (trial 1" in text
     _, body = md_table(text, "## Sweep history: cmua_stargan")
