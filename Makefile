@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install advwm with its pinned dependencies
 
-demo: $(STAMP)  ## craft a watermark against StarGAN + AttGAN on the bundled demo faces (< 5 min on 2 cores)
+demo: $(STAMP)  ## craft a watermark against StarGAN + AttGAN on the bundled demo faces (about 2 min on 2 cores)
 	WANDB_MODE=offline $(PY) -m advwm.run experiment=demo
 
 test: $(STAMP)  ## run the whole test suite

@@ -35,7 +35,7 @@ def ensure_wandb_mode() -> str:
     """Set WANDB_MODE=offline unless the user chose a mode or is logged in; returns the mode in force."""
     if "WANDB_MODE" not in os.environ and not wandb_logged_in():
         os.environ["WANDB_MODE"] = "offline"
-        log.info("W&B: not logged in, logging offline (upload later with `wandb sync`)")
+        log.debug("W&B: not logged in, logging offline")
     return os.environ.get("WANDB_MODE", "online")
 
 
@@ -45,6 +45,33 @@ def run_tags(cfg: DictConfig) -> list[str]:
     return [f"victims={victims}", f"scope={cfg.scope.name}", f"attack={cfg.attack.name}",
             f"aggregator={cfg.aggregator.name}" + (f"-{cfg.aggregator.variant}" if "variant" in cfg.aggregator else ""),
             f"domains={cfg.domains.name}", f"regularizer={cfg.regularizer.name}"]
+
+
+class QuietWandbLogger(WandbLogger):
+    """Lightning's WandbLogger without the noise: no "anonymous setting" warning (Lightning always passes
+    that deprecated key), no start-up lines and no run-history block of sparklines when the run ends
+    (`silent`); advwm prints one line itself: where the run is and how to upload it (`finish`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._wandb_init.pop("anonymous", None)
+        import wandb
+
+        self._wandb_init.setdefault("settings", wandb.Settings(silent=True, console="off"))
+
+
+def run_group(task_name: str) -> str:
+    """The W&B group of a run: `<task>` alone, `<task>/<multirun folder>` for the runs of one multirun (so a
+    sweep's trials sit together and compare in one table / parallel-coordinates panel)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra_cfg = HydraConfig.get()
+        if str(hydra_cfg.mode).endswith("MULTIRUN"):
+            return f"{task_name}/{Path(str(hydra_cfg.sweep.dir)).name}"
+    except (ImportError, ValueError):  # no Hydra context (composed by hand, e.g. in tests)
+        pass
+    return str(task_name)
 
 
 def build_loggers(cfg: DictConfig) -> list[Logger]:
@@ -77,6 +104,10 @@ def log_results(loggers: list[Logger], metrics: dict[str, Any], step: int, grids
             rows = [[path.stem, wandb.Image(str(path)), metrics.get(f"sr_mask/{path.stem}")] for path in grids]
             if rows:
                 logger.log_table(key="comparison", columns=["victim", "grid", "sr_mask"], data=rows, step=step)
+                for path in grids:
+                    sr_mask = metrics.get(f"sr_mask/{path.stem}", float("nan"))
+                    logger.log_image(key=f"grid/{path.stem}", images=[str(path)], step=step,
+                                     caption=[f"{path.stem}: SR_mask {sr_mask:.3f}"])
             if watermark_png is not None and watermark_png.is_file():
                 logger.log_image(key="watermark", images=[str(watermark_png)], step=step)
             for key in ("note",):
@@ -85,9 +116,37 @@ def log_results(loggers: list[Logger], metrics: dict[str, Any], step: int, grids
         logger.save()
 
 
-def finish(loggers: list[Logger]) -> None:
-    """Close W&B runs explicitly: results are logged after `fit` returns, after Lightning finalised."""
+def finish(loggers: list[Logger]) -> list[str]:
+    """Close W&B runs explicitly (results are logged after `fit` returns, after Lightning finalised);
+    returns one line per W&B run saying where it is (and, offline, how to upload it)."""
+    lines = []
     for logger in loggers:
         logger.finalize("success")
         if isinstance(logger, WandbLogger):
-            logger.experiment.finish()
+            run = logger.experiment
+            folder = Path(run.dir).parent if getattr(run, "dir", None) else None
+            offline = bool(getattr(getattr(run, "settings", None), "_offline", False)) or \
+                os.environ.get("WANDB_MODE") in ("offline", "dryrun")
+            run.finish()
+            if offline and folder is not None:
+                lines.append(f"W&B (offline): {folder}  upload: wandb sync {folder}")
+            elif getattr(run, "url", None):
+                lines.append(f"W&B: {run.url}")
+    return lines
+
+
+def to_log_file(text: str, level: int = logging.INFO) -> None:
+    """Write `text` to the run's log file(s) only (Hydra's file handler), not to the console.
+
+    For what the console already shows in its own form (the results table, a one-line error): the log
+    file keeps it too, once, without a second copy on screen."""
+    record = log.makeRecord(log.name, level, __file__, 0, text, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and record.levelno >= handler.level:
+            handler.handle(record)
+
+
+def say(text: str) -> None:
+    """Print `text` for the person watching and keep it in the run's log file (results, time, output folder)."""
+    print(text, flush=True)
+    to_log_file(text)

@@ -25,7 +25,9 @@ from advwm.attacks.module import AttackSettings, WatermarkAttack
 from advwm.attacks.regularizers import make_regularizer
 from advwm.callbacks import EvaluationCallback, WatermarkExport
 from advwm.callbacks.evaluation import settings_from
-from advwm.loggers import build_loggers, finish, log_results
+from advwm.callbacks.progress import AttackProgressBar
+from advwm.callbacks.wandb_media import WatermarkSnapshots
+from advwm.loggers import build_loggers, finish, log_results, say
 from advwm.victims import CheckpointNotFoundError, Victim, build_victim, get_spec
 
 log = logging.getLogger(__name__)
@@ -61,15 +63,34 @@ def resolve_weights(name: str, entry: DictConfig) -> tuple[str | None, str]:
     exists = path is not None and Path(str(path)).expanduser().is_file()
     if exists:
         return str(Path(str(path)).expanduser()), "official"
-    if mode == "auto":
-        log.warning("victim %s: no checkpoint at %s, using RANDOM weights (demo fallback)", name, path)
+    if mode == "auto":  # the demo: said once for all victims by the random-weights note
         return None, "random"
-    spec = get_spec(name)
-    raise CheckpointNotFoundError(
-        f"victim {name}: checkpoint {path} not found. {spec.source} Then pass "
-        f"victims.{name}.checkpoint=/path/to/{spec.checkpoint_file} (or place it there), or use "
-        f"victims.{name}.weights=random for a smoke run."
-    )
+    raise CheckpointNotFoundError(missing_weights_message({name: path}))
+
+
+def missing_weights_message(missing: dict[str, Any]) -> str:
+    """One line for every victim whose official file is missing: where it was looked for, how to get it."""
+    parts = []
+    for name, path in missing.items():
+        spec = get_spec(name)
+        how = f"`python -m advwm.weights fetch {name}`" if spec.url else spec.source.rstrip(".")
+        parts.append(f"{name} ({path}; {how})")
+    return (f"no official weights for {len(missing)} victim(s): " + "; ".join(parts) + ". Place each file there or "
+            "pass victims.<name>.checkpoint=/path/to/file (`python -m advwm.weights list` shows every file and "
+            "source), or add weights=random for a smoke run with random victims")
+
+
+def check_weights(cfg: DictConfig) -> dict[str, tuple[str | None, str]]:
+    """Every chosen victim's (checkpoint, "official" | "random"), before any work; all missing files in ONE error."""
+    resolved, missing = {}, {}
+    for name, entry in (cfg.get("victims") or {}).items():
+        try:
+            resolved[str(name)] = resolve_weights(str(name), entry)
+        except CheckpointNotFoundError:
+            missing[str(name)] = entry.get("checkpoint")
+    if missing:
+        raise CheckpointNotFoundError(missing_weights_message(missing))
+    return resolved
 
 
 def build_victims(cfg: DictConfig) -> list[ResolvedVictim]:
@@ -78,8 +99,9 @@ def build_victims(cfg: DictConfig) -> list[ResolvedVictim]:
     if not chosen:
         raise ConfigError("no victim chosen: add e.g. +victims=[stargan,attgan] (see README, 'Victims')")
     resolved = []
+    weights_of = check_weights(cfg)
     for name, entry in chosen.items():
-        checkpoint, weights = resolve_weights(str(name), entry)
+        checkpoint, weights = weights_of[str(name)]
         try:
             victim = build_victim(str(name), checkpoint=checkpoint, arch=_plain(entry.get("arch")) or {},
                                   image_size=int(cfg.image_size), **(_plain(entry.get("options")) or {}))
@@ -179,7 +201,9 @@ def craft(cfg: DictConfig) -> dict[str, Any]:
         "victims": {r.victim.name: r.weights for r in resolved}, "config": OmegaConf.to_yaml(cfg, resolve=True)})
     checkpoints = ModelCheckpoint(dirpath=output_dir / "checkpoints", save_last=True, save_top_k=0,
                                   every_n_train_steps=int(cfg.get("checkpoint_every", 50)))
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[evaluation, export, checkpoints],
+    extras = [WatermarkSnapshots(int(cfg.get("checkpoint_every", 50)))]  # W&B: the watermark at each checkpoint
+    extras += [AttackProgressBar()] if cfg.trainer.get("enable_progress_bar", True) else []  # iteration i/N, s/it
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[evaluation, export, checkpoints, *extras],
                                                   logger=build_loggers(cfg))
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
@@ -202,12 +226,14 @@ def craft(cfg: DictConfig) -> dict[str, Any]:
         metrics["note"] = random_note
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     log_results(trainer.loggers, metrics, steps, grids, output_dir / "watermark.png")
-    finish(trainer.loggers)
+    wandb_lines = finish(trainer.loggers)  # where each W&B run is, how to upload an offline one
 
-    print("\n" + metrics_table(metrics, [r.victim.name for r in resolved]))
-    print(f"\noutputs: {output_dir}  (watermark.pt, watermark.png, metrics.json, images/: {len(grids)} grid(s))")
+    say("\n" + metrics_table(metrics, [r.victim.name for r in resolved]))
+    say(f"\noutputs: {output_dir}  (watermark.pt, watermark.png, metrics.json, images/: {len(grids)} grid(s))")
+    for line in wandb_lines:
+        say(line)
     if random_note:
-        print("NOTE: " + random_note)
+        say("NOTE: " + random_note)
     return metrics
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -17,7 +18,7 @@ from advwm import report
 from advwm.report import Run, build_table, collect, main, varying
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["+victims=[stargan,attgan]", "weights=random", "logger=csv", "image_size=32",
+TINY = ["+victims=[stargan,attgan]", "weights=random", "logger=csv", "metrics=fast", "image_size=32",
         "victims.stargan.arch.conv_dim=8", "victims.stargan.arch.repeat_num=1", "victims.attgan.arch.enc_dim=8",
         "victims.attgan.arch.dec_dim=8", "victims.attgan.arch.enc_layers=3", "victims.attgan.arch.dec_layers=3",
         "attack.iterations=1", "data.craft=[astronaut]", "data.evaluate=[grace_hopper]"]
@@ -68,11 +69,12 @@ def multirun(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two tiny real runs (aggregator=mgda,uniform) through the CLI, once for the module."""
     log_dir = tmp_path_factory.mktemp("report_runs")
     command = [sys.executable, "-m", "advwm.run", "-m", *TINY, "aggregator=mgda,uniform", f"paths.log_dir={log_dir}"]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=1800,
                             env={**os.environ, "WANDB_MODE": "offline"})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    (log_dir / "cli_stdout.txt").write_text(result.stdout)
     (sweep,) = (log_dir / "craft" / "multiruns").iterdir()
-    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")) == ["0", "1"]
     return sweep
 
 
@@ -80,7 +82,7 @@ def multirun(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_cli_renders_a_table_with_each_runs_numbers(multirun: Path, tmp_path: Path) -> None:
     out = tmp_path / "report"
     result = subprocess.run([sys.executable, "-m", "advwm.report", str(multirun), "--out", str(out)], cwd=REPO,
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "report.md" in result.stdout
     text = (out / "report.md").read_text()
@@ -251,6 +253,8 @@ def test_sweep_history_from_a_study(tmp_path: Path, study: tuple[str, str, float
     assert main(["--study", storage, "--study-name", name, "--out", str(out)]) == 0
     chart = out / "report_files" / "sweep_cmua_stargan.png"
     assert chart.stat().st_size > 1000
+    # parallel coordinates: each trial's step size against its objective
+    assert (out / "report_files" / "parallel_cmua_stargan.png").stat().st_size > 1000
     text = (out / "report.md").read_text()
     assert best == 0.625 and "Best value: 0.625 (trial 1" in text
     _, body = md_table(text, "## Sweep history: cmua_stargan")
@@ -290,3 +294,142 @@ def test_a_missing_study_database_is_reported_not_created(tmp_path: Path) -> Non
     assert main(["--study", storage, "--study-name", "s", "--out", str(tmp_path / "out")]) == 0
     assert "no study database" in (tmp_path / "out" / "report.md").read_text()
     assert not (tmp_path / "absent.db").exists()
+
+
+# ------------------------------------------------------------------------------------- the multirun's end
+
+
+@pytest.mark.slow
+def test_a_multirun_ends_with_one_table_its_folder_and_the_report_command(multirun: Path) -> None:
+    stdout = (multirun.parent.parent.parent / "cli_stdout.txt").read_text()
+    tail = stdout[stdout.index("sr_mask over the runs of this multirun:"):]
+    lines = tail.splitlines()
+    assert lines[1].split() == ["run", "method", "stargan", "attgan", "mean", "seconds"]
+    metrics = {n: json.loads((multirun / n / "metrics.json").read_text()) for n in ("0", "1")}
+    for number, aggregator in (("0", "mgda"), ("1", "uniform")):
+        (row,) = [line for line in lines if line.startswith(f"{number} ")]
+        cells = row.split()
+        assert cells[1] == f"aggregator={aggregator}" and cells[2] == "†"
+        keys = ("sr_mask/stargan", "sr_mask/attgan", "sr_mask/mean")
+        assert cells[3:6] == [f"{metrics[number][k]:.3f}" for k in keys]
+    assert f"multirun folder: {multirun.resolve()}" in tail
+    assert f"python -m advwm.report {multirun.resolve()}" in tail
+    assert (multirun / "summary.txt").read_text().startswith("sr_mask over the runs")
+
+
+# ------------------------------------------------------------------------------------- the dashboard
+
+
+def _png(path: Path, size: tuple[int, int] = (64, 48), colour: tuple[int, int, int] = (200, 30, 30)) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path)
+
+
+def _seeded_runs(root: Path) -> dict[tuple[str, int], float]:
+    """Six hand-made runs: aggregator mgda/uniform x seed 0/1/2, with known SR_mask values, pictures and losses."""
+    values = {("mgda", 0): 0.5, ("mgda", 1): 0.7, ("mgda", 2): 0.9, ("uniform", 0): 0.2, ("uniform", 1): 0.2,
+              ("uniform", 2): 0.5}
+    for index, ((aggregator, seed), value) in enumerate(values.items()):
+        out = root / str(index)
+        fake_run(out, config_of(aggregator, out, seed=seed), {
+            "sr_mask/stargan": value, "sr_mask/mean": value, "sr_mask/stargan/Blond_Hair": value,
+            "l2_mask/stargan": value / 10, "psnr": 40.0 + index, "weights/stargan": "official", "seconds": 1.0},
+            {"aggregator": aggregator}, [f"aggregator={aggregator}", f"seed={seed}"])
+        _png(out / "watermark.png")
+        _png(out / "images" / "stargan.png", (900, 1400), (30, 30, 200))
+        (out / "csv").mkdir()
+        (out / "csv" / "metrics.csv").write_text("loss/stargan,loss/total,step\n"
+                                                 + "".join(f"{0.01 * s * (index + 1)},{0.01 * s},{s}\n"
+                                                           for s in range(4)))
+    return values
+
+
+def test_every_metric_by_default_and_mean_std_over_seeds(tmp_path: Path) -> None:
+    values = _seeded_runs(tmp_path / "runs")
+    assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
+    text = (tmp_path / "out" / "report.md").read_text()
+    for heading in ("## sr_mask", "## l2_mask", "## psnr", "## Mean ± std over seeds", "## Loss curves",
+                    "## Watermarks and grids"):
+        assert heading in text, heading
+    _, body = md_table(text, "## Mean ± std over seeds")
+    by_label = {row[0]: row for row in body}
+    for aggregator in ("mgda", "uniform"):
+        samples = [values[(aggregator, seed)] for seed in range(3)]
+        mean = sum(samples) / 3
+        std = math.sqrt(sum((v - mean) ** 2 for v in samples) / 2)  # sample std, by hand
+        assert by_label[f"aggregator={aggregator}"][1] == f"{mean:.3f} ± {std:.3f} (n=3)"
+    assert by_label["aggregator=mgda"][1] == "0.700 ± 0.200 (n=3)"  # 0.5, 0.7, 0.9
+    mean, std, n = report.mean_std([1.0, float("nan")])  # NaN values do not count; one value has no std
+    assert (mean, n) == (1.0, 1) and math.isnan(std)
+    assert (tmp_path / "out" / "report_files" / "loss_stargan.png").stat().st_size > 1000
+    assert "![stargan: SR_mask 0.500](../runs/0/images/stargan.png)" in text
+
+
+def test_the_html_links_runs_and_shows_watermarks_grids_and_split_labels(tmp_path: Path) -> None:
+    _seeded_runs(tmp_path / "runs")
+    assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert page.count("<img class='thumb'") == 12  # 6 watermarks + 6 grids
+    assert "href='../runs/0/'" in page and "href='../runs/5/images/stargan.png'" in page
+    assert "<summary>grids of aggregator=mgda, seed=0</summary>" in page
+    assert "<th>aggregator</th><th>seed</th><th>stargan</th>" in page  # keys named once, in the header
+    assert "aggregator=" not in page.split("<h2>sr_mask</h2>")[1].split("</table>")[0]
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page)
+    from PIL import Image
+
+    thumb = re.search(r"<img class='thumb' alt='stargan[^']*' src='data:image/png;base64,([^']+)'", page)
+    assert thumb is not None
+    import base64
+
+    assert Image.open(io.BytesIO(base64.b64decode(thumb.group(1)))).width == 640  # the 900 px grid, downscaled
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+VIEWPORT = (1400, 900)
+
+
+def chromium(page: Path, profile: Path, *args: str) -> subprocess.CompletedProcess:
+    """Headless Chromium at a 1400 x 900 window, on a fresh profile, nothing fetched from outside."""
+    command = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               f"--user-data-dir={profile}", f"--window-size={VIEWPORT[0]},{VIEWPORT[1]}", *args, page.as_uri()]
+    return subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
+
+
+def page_width(page: Path, tmp_path: Path) -> tuple[int, int]:
+    """(document scrollWidth, window innerWidth) of `page` after it loaded, read through --dump-dom."""
+    probe = tmp_path / f"probe_{page.stem}.html"
+    script = ("<script>window.addEventListener('load', () => { document.title = 'width ' + "
+              "document.documentElement.scrollWidth + ' ' + window.innerWidth; });</script>")
+    probe.write_text(page.read_text().replace("</body>", script + "</body>"))
+    done = chromium(probe, tmp_path / f"profile_{page.stem}", "--virtual-time-budget=5000", "--dump-dom")
+    found = re.search(r"<title>width (\d+) (\d+)</title>", done.stdout)
+    assert found, done.stdout[-500:] + done.stderr[-1500:]
+    return int(found.group(1)), int(found.group(2))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.is_file(), reason="headless Chromium (/usr/bin/chromium) is not installed; "
+                    ".ci/run installs it (apt-get install -y chromium)")
+def test_the_dashboard_fits_1400_px_in_chromium(multirun: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    assert main([str(multirun), "--out", str(out)]) == 0
+    page = out / "report.html"
+    text = page.read_text()
+    assert "<h3>sr_mask: attgan per condition</h3>" in text  # the 14-condition table that overflowed
+    shot = tmp_path / "report.png"
+    done = chromium(page, tmp_path / "profile_shot", f"--screenshot={shot}")
+    assert shot.is_file() and shot.stat().st_size > 10_000, done.stderr[-1500:]
+    from PIL import Image
+
+    assert Image.open(shot).size == VIEWPORT
+    scroll_width, inner_width = page_width(page, tmp_path)
+    assert inner_width == VIEWPORT[0]
+    assert scroll_width <= VIEWPORT[0]
+    # the check can fail: the same page with a table forced wider than the window overflows
+    wide = tmp_path / "wide.html"
+    wide.write_text(text.replace("<div class='scroll'>", "<div>", 1)
+                    .replace("<table>", "<table style='width:2000px'>", 1))
+    assert page_width(wide, tmp_path)[0] > VIEWPORT[0]

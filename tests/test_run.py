@@ -67,14 +67,34 @@ def hyperfas_file() -> Path:
 
 @pytest.mark.slow
 def test_cli_demo_with_small_random_victims_writes_every_output(tmp_path: Path) -> None:
-    result = run_cli(["experiment=demo", "weights=random", "attack.iterations=2", *SMALL,
-                      f"metrics.liveness_weights={hyperfas_file()}", f"hydra.run.dir={tmp_path}"])
+    result = run_cli(["experiment=demo", "weights=random", "attack.iterations=2", *SMALL, "metrics=default",
+                      "checkpoint_every=1", f"metrics.liveness_weights={hyperfas_file()}", f"hydra.run.dir={tmp_path}"])
     assert result.returncode == 0, result.stderr[-3000:]
+    # the first lines say the victims are random and how to get the official files
+    first = result.stdout.splitlines()[:3]
+    assert first[0] == "advwm: attacking stargan, attgan (demo)"
+    assert "RANDOMLY INITIALISED" in first[1] and "python -m advwm.weights list" in first[2]
+    # progress: iteration i/N with each victim's loss, an evaluation bar; no noise
+    output = result.stdout + result.stderr
+    assert "iteration: 100%" in output and "2/2" in output and "stargan=" in output and "attgan=" in output
+    assert "judging (SR_mask, L2_mask, FID" in output
+    for noise in ("v_num", "Epoch 0", "GPU available", "TPU available", "anonymous setting", "Run history",
+                  "Run summary", "saved_models", "Seed set to"):
+        assert noise not in output, noise
+    log_text = (tmp_path / "demo.log").read_text()  # the log keeps the table, the time and the output folder
+    assert "SR_mask" in log_text and "2 steps" in log_text and f"outputs: {tmp_path}" in log_text
+    assert f"W&B (offline): {tmp_path}" in result.stdout
     for name in ("config.yaml", "watermark.pt", "watermark.png", "metrics.json", "csv/metrics.csv",
                  "images/stargan.png", "images/attgan.png", "demo.log", "checkpoints/last.ckpt"):
         assert (tmp_path / name).is_file(), name
     offline_runs = list((tmp_path / "wandb").glob("offline-run-*"))  # W&B ran, offline (no login in tests)
     assert len(offline_runs) == 1 and list(offline_runs[0].glob("run-*.wandb"))
+    history = list(offline_runs[0].glob("run-*.wandb"))[0].read_bytes()
+    for key in (b"loss/stargan", b"loss/attgan", b"sr_mask/mean"):  # per-victim loss curves and the results
+        assert key in history, key
+    media = offline_runs[0] / "files" / "media" / "images"
+    assert len(list((media / "watermark").glob("checkpoints_*.png"))) == 2  # the watermark at each checkpoint
+    assert {p.name.split("_")[0] for p in (media / "grid").glob("*.png")} == {"stargan", "attgan"}
     saved = load_watermark(tmp_path / "watermark.pt", scope="universal")
     watermark = saved.tensor
     assert watermark.shape == (3, 32, 32)
@@ -104,14 +124,20 @@ def test_cli_demo_with_small_random_victims_writes_every_output(tmp_path: Path) 
 
 
 @pytest.mark.slow
-def test_missing_checkpoint_stops_before_any_work_and_says_where_to_get_it(tmp_path: Path) -> None:
-    result = run_cli(["+victims=[stargan]", "victims.stargan.checkpoint=/nonexistent/200000-G.ckpt",
-                      f"hydra.run.dir={tmp_path}"])
+def test_missing_checkpoints_are_one_error_naming_every_file_printed_once(tmp_path: Path) -> None:
+    result = run_cli(["+victims=[stargan,attgan,stgan]", "victims.stargan.checkpoint=/nonexistent/200000-G.ckpt",
+                      "paths.weights_dir=/nowhere", f"hydra.run.dir={tmp_path}"])
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: victim stargan: checkpoint /nonexistent/200000-G.ckpt not found")
-    assert "yunjey/stargan" in last and "weights=random" in last
+    assert last.startswith("error: no official weights for 3 victim(s): stargan (/nonexistent/200000-G.ckpt; "
+                           "`python -m advwm.weights fetch stargan`)")
+    assert "attgan (/nowhere/attgan/weights.199.pth; Get the official AttGAN" in last
+    assert "stgan (/nowhere/stgan/G_200000.pth.tar; STGAN" in last
+    assert "weights=random" in last and "python -m advwm.weights list" in last
+    output = result.stdout + result.stderr
+    assert output.count("no official weights") == 1  # printed once (the log file keeps it too)
     assert "Traceback" not in result.stderr
+    assert "no official weights for 3 victim(s)" in (tmp_path / "craft.log").read_text()
     assert not (tmp_path / "watermark.pt").exists()
 
 
@@ -129,7 +155,7 @@ def test_demo_falls_back_to_random_but_other_runs_do_not(tmp_path: Path) -> None
     assert cfg.victims.attgan.weights == "checkpoint"
     from advwm.victims import CheckpointNotFoundError
 
-    with pytest.raises(CheckpointNotFoundError, match="victim stargan"):
+    with pytest.raises(CheckpointNotFoundError, match=r"2 victim\(s\): stargan .*; attgan "):
         craft(cfg)
 
 
@@ -284,3 +310,108 @@ def test_a_wrong_victim_config_is_one_error_naming_the_victim(tmp_path: Path) ->
     cfg = compose_run(tmp_path, ["+victims=[stargan]", "weights=random", "+victims.stargan.arch.nonsense=3"])
     with pytest.raises(ConfigError, match=r"victims\.stargan: .*unknown arch argument.*nonsense"):
         craft(cfg)
+
+
+# ------------------------------------------------------------------------------------- the first hour
+
+
+def test_help_is_advwms_page_with_commands_groups_and_outputs() -> None:
+    result = run_cli(["--help"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    page = result.stdout
+    assert page.startswith("advwm: craft an adversarial watermark")
+    assert "powered by Hydra" not in page
+    for line in ("python -m advwm.run experiment=demo", "python -m advwm.report", "python -m advwm.weights list",
+                 "victims: aggan, attgan, hisd, stargan, stgan, ugatit", "aggregator: cmua, cmua_reference",
+                 "experiment: cdmaa_table1", "hydra/launcher: basic", "<root>/outputs/<task_name>/runs/<time>/",
+                 "<root>/weights/<victim>/<file>", "RANDOM"):
+        assert line in page, line
+
+
+def test_a_misspelled_victim_is_one_line_listing_the_victims() -> None:
+    result = run_cli(["+victims=[stargn,attgan]"])
+    assert result.returncode != 0
+    assert result.stderr.strip() == ("error: unknown victim(s) stargn in +victims=[stargn,attgan]; choose from: "
+                                     "aggan, attgan, hisd, stargan, stgan, ugatit (e.g. +victims=[stargan,attgan])")
+    assert result.stdout == ""
+
+
+def test_tilde_values_are_expanded_like_a_shell_does() -> None:
+    from advwm.run import expand_home, unknown_victim_error
+
+    home = os.path.expanduser("~")
+    assert expand_home(["data.root=~/my_photos", "data=folder", "+x=~", "a=b~c", "data.root='~/q'"]) == [
+        f"data.root='{home}/my_photos'", "data=folder", f"+x='{home}'", "a=b~c", "data.root='~/q'"]
+    assert unknown_victim_error(["experiment=demo", "+victims=[hisd]"]) is None
+    assert "nope" in unknown_victim_error(["victims=nope"])
+
+
+@pytest.mark.slow
+def test_a_tilde_path_on_the_command_line_reaches_the_data_module(tmp_path: Path) -> None:
+    missing = "~/advwm_no_such_folder_for_tests"
+    result = run_cli(["+victims=[stargan]", "weights=random", *small("stargan"), "data=folder",
+                      f"data.root={missing}", "logger=csv", f"hydra.run.dir={tmp_path}"])
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == f"error: image folder {os.path.expanduser(missing)} does not exist or is not a folder"
+
+
+def test_outputs_and_weights_live_under_the_project_root_wherever_you_are(tmp_path: Path) -> None:
+    code = ("from advwm.project import project_root; from advwm.weights import weights_dir; "
+            "print(project_root()); print(weights_dir())")
+    env = {k: v for k, v in os.environ.items() if k != "ADVWM_ROOT"}
+    env["PYTHONPATH"] = str(REPO)
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=1800, check=True)
+    assert done.stdout.splitlines() == [str(REPO), str(REPO / "weights")]
+    env["ADVWM_ROOT"] = "~/elsewhere"
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=1800, check=True)
+    assert done.stdout.splitlines()[0] == os.path.expanduser("~/elsewhere")
+    from advwm.project import is_checkout
+
+    assert is_checkout(REPO) and not is_checkout(tmp_path)
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["+victims=[stargan]"])
+    assert cfg.paths.log_dir == f"{REPO}/outputs" and cfg.victims.stargan.checkpoint.startswith(f"{REPO}/weights/")
+
+
+def test_a_presets_victims_stay_and_extra_victims_are_added(tmp_path: Path) -> None:
+    from advwm.run import weights_banner
+
+    cfg = compose_run(tmp_path, ["experiment=demo", "+victims=[hisd]", "paths.weights_dir=/nonexistent"])
+    assert list(cfg.victims) == ["stargan", "attgan", "hisd"]
+    assert cfg.victims.hisd.weights == "auto"  # the preset's top-level weights=auto reaches the added victim
+    banner = weights_banner(cfg)
+    assert banner.splitlines()[0] == "advwm: attacking stargan, attgan, hisd (demo)"
+    assert "stargan, attgan, hisd are RANDOMLY INITIALISED" in banner
+    cfg = compose_run(tmp_path, ["experiment=demo", "+victims=[stargan]"])
+    assert list(cfg.victims) == ["stargan", "attgan"]  # naming a preset's victim again adds nothing
+
+
+def test_the_progress_bar_shows_each_victims_loss_and_no_version() -> None:
+    from advwm.callbacks.progress import AttackProgressBar, victim_losses
+
+    metrics = {"loss/total": torch.tensor(0.5), "loss/stargan": torch.tensor(0.25), "loss/attgan": 0.125,
+               "sr_mask/stargan": 1.0, "loss/attgan/Bald": 3.0}
+    assert victim_losses(metrics) == {"stargan": 0.25, "attgan": 0.125, "total": 0.5}
+    assert list(victim_losses(metrics)) == ["stargan", "attgan", "total"]
+    assert "rate_fmt" in AttackProgressBar.BAR_FORMAT and "rate_noinv_fmt" not in AttackProgressBar.BAR_FORMAT
+
+    class Trainer:
+        callback_metrics = metrics
+
+    assert AttackProgressBar().get_metrics(Trainer(), None) == {"stargan": "0.25", "attgan": "0.125", "total": "0.5"}
+
+
+def test_each_grid_row_carries_its_l2_mask() -> None:
+    from advwm.callbacks.export import comparison_grid, row_l2_mask
+
+    clean = torch.zeros(3, 16, 16)
+    fake = torch.stack([torch.ones(3, 16, 16), torch.zeros(3, 16, 16)])  # row 0 edits every pixel, row 1 none
+    sample = {"clean": clean, "protected": clean, "fake": fake,
+              "fake_protected": torch.stack([torch.full((3, 16, 16), 0.5), torch.zeros(3, 16, 16)])}
+    values = row_l2_mask(sample)
+    assert values[0] == pytest.approx(0.25) and np.isnan(values[1])  # (0.5 - 1)^2 by hand; empty mask
+    grid = comparison_grid(sample, ["Blond_Hair", "Male"])
+    assert grid.size[0] > 150

@@ -102,7 +102,7 @@ def test_list_as_a_module_uses_advwm_root(tmp_path: Path) -> None:
     env = {**os.environ, "ADVWM_ROOT": str(root), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         [sys.executable, "-m", "advwm.weights", "list"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False,
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800, check=False,
     )
     assert done.returncode == 0, done.stderr
     assert f"{present} [present]" in done.stdout

@@ -14,6 +14,7 @@ metric is skipped and the reason is logged and kept in the results (`skipped/<me
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torchmetrics import Metric
 
 from advwm.attacks.domains import clean_outputs
+from advwm.callbacks.progress import evaluation_bar
 from advwm.metrics import (
     AttackRate,
     AverageDistortion,
@@ -101,8 +103,10 @@ class Judge:
         self.images = 0
 
     @torch.no_grad()
-    def update(self, module: LightningModule, x: torch.Tensor, labels: torch.Tensor) -> None:
-        """Judge one batch of clean faces and their protected versions against every victim."""
+    def update(self, module: LightningModule, x: torch.Tensor, labels: torch.Tensor,
+               progress: Callable[[], object] | None = None) -> None:
+        """Judge one batch of clean faces and their protected versions against every victim (`progress()`
+        after each victim: the evaluation bar's tick)."""
         x, labels = x.to(module.device), labels.to(module.device)
         protected = module.protect(x)
         for victim in self.victims:
@@ -129,6 +133,8 @@ class Judge:
                     "fake": torch.stack([f[0] for f in fakes]).cpu(),
                     "fake_protected": torch.stack([f[0] for f in fakes_protected]).cpu(),
                 }
+            if progress is not None:
+                progress()
         if "psnr" in self.metrics:
             self.metrics["psnr"].update(protected, x)
             if min(x.shape[-2:]) >= SSIM_WINDOW:  # SSIM's Gaussian window needs at least 11x11 pixels
@@ -242,8 +248,15 @@ class EvaluationCallback(Callback):
         if pl_module.scope != "universal":
             return
         assert self.judge is not None
-        for batch in trainer.datamodule.eval_dataloader():
-            self.judge.update(pl_module, batch["image"], batch["labels"])
+        loader = trainer.datamodule.eval_dataloader()
+        with evaluation_bar(len(loader) * len(pl_module.victims), self._description()) as bar:
+            for batch in loader:
+                self.judge.update(pl_module, batch["image"], batch["labels"], bar.update)
+
+    def _description(self) -> str:
+        heavy = [name for name, on in (("FID", self.fid_weights is not None),
+                                       ("liveness", self.liveness_model is not None)) if on]
+        return "judging (SR_mask, L2_mask" + "".join(f", {h}" for h in heavy) + ")"
 
     def results(self, module: LightningModule, trainer: Trainer | None = None) -> dict[str, Any]:
         """Final flat values (`sr_mask/mean`, the mean over victims, is the sweep objective)."""

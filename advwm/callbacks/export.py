@@ -11,6 +11,7 @@ On an exception (a NaN, a bad image, Ctrl-C) the perturbation crafted so far is 
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ from PIL import Image, ImageDraw
 from torchvision.utils import make_grid, save_image
 
 from advwm.data.transforms import to_unit_range
+from advwm.metrics.sr_mask import masked_l2
 from advwm.watermark_file import payload as watermark_payload
 
 log = logging.getLogger(__name__)
@@ -33,7 +35,8 @@ COLUMNS = ("clean", "protected", "fake(clean)", "fake(protected)")
 
 
 def comparison_grid(sample: dict[str, torch.Tensor], condition_names: list[str] | None = None) -> Image.Image:
-    """Rows = conditions (named on the left); columns = clean | protected | fake(clean) | fake(protected)."""
+    """Rows = conditions (named on the left, with the row's L2_mask); columns = clean | protected | fake(clean) |
+    fake(protected)."""
     tiles = []
     for fake, fake_protected in zip(sample["fake"], sample["fake_protected"], strict=True):
         tiles.extend([sample["clean"], sample["protected"], fake, fake_protected])
@@ -48,9 +51,18 @@ def comparison_grid(sample: dict[str, torch.Tensor], condition_names: list[str] 
     tile_w, tile_h = (picture.width - 2) / 4, (picture.height - 2) / rows
     for col, title in enumerate(COLUMNS):
         draw.text((margin + 4 + col * tile_w, 2), title, fill="black")
-    for row, name in enumerate(names):
-        draw.text((4, header + row * tile_h + tile_h / 2 - 5), name[:24], fill="black")
+    for row, (name, value) in enumerate(zip(names, row_l2_mask(sample), strict=True)):
+        metric = "L2_mask: empty mask" if math.isnan(value) else f"L2_mask {value:.4f}"
+        draw.text((4, header + row * tile_h + tile_h / 2 - 11), f"{name[:24]}\n{metric}", fill="black")
     return canvas
+
+
+def row_l2_mask(sample: dict[str, torch.Tensor], mask_threshold: float = 0.5) -> list[float]:
+    """Each grid row's L2_mask (CMUA's metric, for the face shown): NaN where the victim edits nothing visible."""
+    fakes = sample["fake"]
+    clean = sample["clean"].unsqueeze(0).expand_as(fakes)
+    values, _empty = masked_l2(clean, fakes, sample["fake_protected"], mask_threshold)
+    return [float(v) for v in values]
 
 
 class WatermarkExport(Callback):

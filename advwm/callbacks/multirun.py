@@ -1,0 +1,78 @@
+"""The end of a multirun: one table over its runs, the multirun folder and the command for the full report.
+
+A Hydra callback (`hydra.callbacks.multirun_summary` in conf/hydra/default.yaml): Hydra calls
+`on_multirun_end` once, in the launching process, after every job. The rows are named as the report
+names them (what differs between the runs), so the table reads like the report's first table.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+SUMMARY_FILE = "summary.txt"
+
+
+def _cell(value: Any, digits: int = 3) -> str:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return "–"
+    return "–" if math.isnan(number) else f"{number:.{digits}f}"
+
+
+def summary_table(sweep_dir: Path, metric: str = "sr_mask") -> str:
+    """One row per run under `sweep_dir` (failed ones say so): the metric per victim, its mean, the seconds."""
+    from advwm.report import collect, metric_columns
+
+    runs = collect([sweep_dir])
+    columns = metric_columns(runs, metric)
+    headers = ["run", "method", *[c.split("/", 1)[-1] for c in columns], "seconds"]
+    rows = []
+    for run in runs:
+        number = run.path.name
+        if run.failed:
+            rows.append([number, run.label, *["–"] * len(columns), f"FAILED: {run.error}"])
+            continue
+        values = [_cell(run.metrics.get(c)) for c in columns]
+        if columns and columns[-1].endswith("/mean") and columns[-1] not in run.metrics:
+            finite = [float(v) for v in values[:-1] if v != "–"]
+            values[-1] = _cell(sum(finite) / len(finite) if finite else math.nan)
+        rows.append([number, run.label + (" †" if run.random_victims else ""), *values,
+                     _cell(run.metrics.get("seconds"), 0)])
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    lines = ["  ".join(str(cell).ljust(widths[i]) if i < 2 else str(cell).rjust(widths[i])
+                       for i, cell in enumerate(row)) for row in [headers, *rows]]
+    lines.insert(1, "-" * len(lines[0]))
+    if any(run.random_victims for run in runs if not run.failed):
+        lines.append("† random victims: the numbers show the machinery, not protection")
+    return "\n".join(lines)
+
+
+class MultirunSummary(Callback):
+    """Prints (and saves as `<multirun>/summary.txt`) the table over the runs, the folder and the report command."""
+
+    def __init__(self, metric: str = "sr_mask") -> None:
+        self.metric = metric
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir)).expanduser().resolve()
+        if not sweep_dir.is_dir():
+            return
+        try:
+            table = summary_table(sweep_dir, self.metric)
+        except Exception as error:  # noqa: BLE001  (a summary must never turn a finished multirun into a failure)
+            table = f"(no summary table: {type(error).__name__}: {error})"
+        text = (f"\n{self.metric} over the runs of this multirun:\n{table}\n\nmultirun folder: {sweep_dir}\n"
+                f"full report (every metric, charts, per condition): python -m advwm.report {sweep_dir}")
+        print(text, flush=True)
+        try:
+            (sweep_dir / SUMMARY_FILE).write_text(text.lstrip() + "\n")
+        except OSError as error:
+            log.warning("could not write %s: %s", sweep_dir / SUMMARY_FILE, error)

@@ -1,0 +1,57 @@
+"""Where advwm keeps its files, independent of the working directory, and the config resolvers for it.
+
+`outputs/` and `weights/` live under the *project root*, found in this order:
+
+1. `$ADVWM_ROOT` when set (`~` expanded);
+2. the advwm checkout this package was imported from (a folder holding `conf/config.yaml` and
+   `advwm/__init__.py`: `make install` installs advwm editable, so that is the repository);
+3. the nearest parent of the current directory that is such a checkout;
+4. else `~/advwm`.
+
+So `python -m advwm.run ...` from any folder writes to `<root>/outputs/` and reads `<root>/weights/`.
+Resolvers: `${advwm.root:}` (that root, used by conf/paths/default.yaml) and `${advwm.run_group:<task>}`
+(the W&B group: `<task>`, or `<task>/<multirun folder>` inside a multirun).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+ROOT_ENV = "ADVWM_ROOT"
+FALLBACK_ROOT = Path("~/advwm")
+
+
+def is_checkout(folder: Path) -> bool:
+    """True for an advwm source tree: `conf/config.yaml` next to the `advwm` package."""
+    return (folder / "conf" / "config.yaml").is_file() and (folder / "advwm" / "__init__.py").is_file()
+
+
+def project_root(cwd: Path | None = None) -> Path:
+    """The folder holding `outputs/` and `weights/` (rules in the module docstring)."""
+    env = os.environ.get(ROOT_ENV)
+    if env:
+        return Path(env).expanduser().resolve()
+    package_checkout = Path(__file__).resolve().parents[1]
+    if is_checkout(package_checkout):
+        return package_checkout
+    here = (cwd or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if is_checkout(folder):
+            return folder
+    return FALLBACK_ROOT.expanduser()
+
+
+def _run_group(task_name: str) -> str:
+    from advwm.loggers import run_group  # lazy: Lightning is heavy, and only W&B needs this
+
+    return run_group(task_name)
+
+
+def register_resolvers() -> None:
+    """Idempotent; done on `import advwm`, so every composed config (CLI, tests, scripts) can use them."""
+    for name, function in (("advwm.root", lambda: str(project_root())), ("advwm.run_group", _run_group)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, function)
