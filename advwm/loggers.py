@@ -39,12 +39,22 @@ def ensure_wandb_mode() -> str:
     return os.environ.get("WANDB_MODE", "online")
 
 
+def group_choice(cfg: DictConfig, group: str) -> str:
+    """The option chosen for a config group: Hydra's record of it, else the name of the class it builds."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return str(HydraConfig.get().runtime.choices[group])
+    except (ValueError, KeyError):  # composed outside a Hydra run (tests, the Python API)
+        node = cfg.get(group)
+        return str(node.get("name") or str(node.get("_target_", "?")).rsplit(".", 1)[-1].lower())
+
+
 def run_tags(cfg: DictConfig) -> list[str]:
     """The choices that tell ablation runs apart, as W&B tags."""
     victims = ",".join(sorted(cfg.get("victims") or {}))
-    return [f"victims={victims}", f"scope={cfg.scope.name}", f"attack={cfg.attack.name}",
-            f"aggregator={cfg.aggregator.name}" + (f"-{cfg.aggregator.variant}" if "variant" in cfg.aggregator else ""),
-            f"domains={cfg.domains.name}", f"regularizer={cfg.regularizer.name}"]
+    return [f"victims={victims}"] + [f"{group}={group_choice(cfg, group)}"
+                                     for group in ("scope", "attack", "aggregator", "domains", "regularizer")]
 
 
 class QuietWandbLogger(WandbLogger):

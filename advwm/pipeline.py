@@ -16,17 +16,13 @@ from typing import Any
 import hydra
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from hydra.errors import InstantiationException
+from lightning.pytorch.callbacks import Callback, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from advwm.attacks.aggregators import make_aggregator
-from advwm.attacks.domains import make_domains
-from advwm.attacks.module import AttackSettings, WatermarkAttack
-from advwm.attacks.regularizers import make_regularizer
+from advwm.attacks.module import WatermarkAttack
 from advwm.callbacks import EvaluationCallback, WatermarkExport
-from advwm.callbacks.evaluation import settings_from
-from advwm.callbacks.progress import AttackProgressBar
-from advwm.callbacks.wandb_media import WatermarkSnapshots
+from advwm.errors import ConfigError
 from advwm.loggers import build_loggers, finish, log_results, say
 from advwm.victims import CheckpointNotFoundError, Victim, build_victim, get_spec
 
@@ -35,10 +31,6 @@ log = logging.getLogger(__name__)
 WEIGHT_MODES = ("checkpoint", "random", "auto")
 RANDOM_WEIGHTS_NOTE = ("victims {names} are RANDOMLY INITIALISED (no official checkpoint): the numbers show "
                        "the machinery, not protection against the real models")
-
-
-class ConfigError(ValueError):
-    """The composed config asks for something advwm cannot do; the message says what to change."""
 
 
 @dataclass
@@ -117,44 +109,77 @@ def build_victims(cfg: DictConfig) -> list[ResolvedVictim]:
     return resolved
 
 
+def instantiate_group(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
+    """The object config group `key` names (its `_target_`); a wrong option is one line naming the group."""
+    try:
+        return hydra.utils.instantiate(cfg[key], **kwargs)
+    except InstantiationException as error:
+        cause = error.__cause__ or error
+        raise ConfigError(f"{key}: {cause}".splitlines()[0]) from error
+
+
+# The settings a checkpoint must share with the run that resumes it (what its perturbation and position mean).
+RESUME_KEYS = ("image_size", "eps", "seed", "victims", "scope", "data.batch_size", "attack", "attack.iterations",
+               "aggregator")
+
+
+def resume_signature(cfg: DictConfig) -> dict[str, Any]:
+    """Config key -> value for every RESUME_KEYS entry; groups are named by the class they instantiate."""
+    signature: dict[str, Any] = {}
+    for key in RESUME_KEYS:
+        value = OmegaConf.select(cfg, key)
+        if key == "victims":
+            value = sorted(value or {})
+        elif isinstance(value, DictConfig):
+            value = str(value.get("_target_", "")).rsplit(".", 1)[-1] + (f":{value.name}" if "name" in value else "")
+        signature[key] = value
+    return signature
+
+
 def build_module(cfg: DictConfig, victims: list[Victim]) -> WatermarkAttack:
-    aggregator_cfg = dict(_plain(cfg.aggregator))
-    aggregator = make_aggregator(aggregator_cfg.pop("name"), **aggregator_cfg)
-    domains_cfg = dict(_plain(cfg.domains))
-    domains = make_domains(domains_cfg.pop("name"), **domains_cfg)
-    regularizer_cfg = dict(_plain(cfg.regularizer))
-    regularizer = make_regularizer(regularizer_cfg.pop("name"), **regularizer_cfg)
-    attack_cfg = _plain(cfg.attack)
-    if attack_cfg["name"] == "apgd" and aggregator_cfg.get("variant") is not None:
-        raise ConfigError("APGD cannot drive CMUA fusion: choose aggregator=uniform|mgda|iterative|single")
-    settings = AttackSettings(name=attack_cfg["name"], step_size=float(attack_cfg["step_size"]),
-                              options=dict(attack_cfg.get("options") or {}),
-                              diversity_prob=float(attack_cfg.get("diversity_prob", 0.0)),
-                              diversity_resize_rate=float(attack_cfg.get("diversity_resize_rate", 1.1)))
+    """The attack engine from the config groups (each instantiates its class) and the resolved victims."""
     try:
         return WatermarkAttack(
             victims,
-            aggregator=aggregator,
-            domains=domains,
-            regularizer=regularizer,
-            attack=settings,
-            scope=str(cfg.scope.name),
+            aggregator=instantiate_group(cfg, "aggregator"),
+            domains=instantiate_group(cfg, "domains"),
+            regularizer=instantiate_group(cfg, "regularizer"),
+            attack=instantiate_group(cfg, "attack"),
+            scope=instantiate_group(cfg, "scope"),
             eps=float(cfg.eps),
-            iterations=int(cfg.attack.iterations),
             image_size=int(cfg.image_size),
             batch_size=int(cfg.data.batch_size),
             step_scales={str(n): float(e.get("step_scale", 1.0)) for n, e in cfg.victims.items()},
             micro_batches={str(n): e.get("micro_batch") for n, e in cfg.victims.items()},
-            batch_reduction=str(cfg.scope.get("batch_reduction", "sign_mean")),
-            fused_step=str(cfg.scope.get("fused_step", "mean")),
             seed=int(cfg.seed),
+            signature=resume_signature(cfg),
         )
     except ValueError as error:  # a contradictory attack config: one line naming what to change
         raise ConfigError(str(error)) from error
 
 
 def build_datamodule(cfg: DictConfig, repeats: int):
-    return hydra.utils.instantiate(cfg.data, repeats=repeats, _convert_="all")
+    """The faces, each batch repeated `repeats` times (the aggregator says how often)."""
+    return instantiate_group(cfg, "data", repeats=repeats, _convert_="all")
+
+
+def build_callbacks(cfg: DictConfig, metadata: dict[str, Any]) -> list[Callback]:
+    """The callbacks group, instantiated; the export learns what watermark.pt says about itself."""
+    callbacks = [c for c in (instantiate_group(cfg, "callbacks") or {}).values() if c is not None]
+    if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a progress bar it was told not to show
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    for callback in callbacks:
+        if isinstance(callback, WatermarkExport):
+            callback.metadata = dict(metadata)
+    return callbacks
+
+
+def the(callbacks: list[Callback], kind: type) -> Any:
+    """The one callback of `kind` (the pipeline reads results from the evaluation and grids from the export)."""
+    found = [c for c in callbacks if isinstance(c, kind)]
+    if len(found) != 1:
+        raise ConfigError(f"callbacks: exactly one {kind.__name__} is needed, found {len(found)}")
+    return found[0]
 
 
 def metrics_table(metrics: dict[str, Any], victims: list[str]) -> str:
@@ -183,28 +208,22 @@ def craft(cfg: DictConfig) -> dict[str, Any]:
     (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     pl.seed_everything(int(cfg.seed), workers=True)
 
-    if str(cfg.scope.name) == "per_image" and str(cfg.trainer.get("strategy", "auto")).startswith("ddp"):
-        raise ConfigError("per-image perturbations are not crafted under DDP: run one device per run and "
-                          "parallelise over runs (multirun) instead")
     resolved = build_victims(cfg)
     random_names = [r.victim.name for r in resolved if r.weights == "random"]
     random_note = RANDOM_WEIGHTS_NOTE.format(names=", ".join(random_names)) if random_names else None
     if random_note:
         log.warning(random_note)
     module = build_module(cfg, [r.victim for r in resolved])
-    repeats = 1 if module.reference_fusion else int(cfg.attack.iterations)
-    datamodule = build_datamodule(cfg, repeats)
+    if not module.scope.allows_ddp and str(cfg.trainer.get("strategy", "auto")).startswith("ddp"):
+        raise ConfigError(f"scope={module.scope.name} is not crafted under DDP: run one device per run and "
+                          "parallelise over runs (multirun) instead")
+    datamodule = build_datamodule(cfg, module.aggregator.repeats(module.attack.iterations))
 
-    evaluation = EvaluationCallback(settings_from(cfg.get("metrics")))
-    export = WatermarkExport(output_dir, metadata={  # what watermark.pt says about itself (advwm.watermark_file)
+    callbacks = build_callbacks(cfg, metadata={  # what watermark.pt says about itself (advwm.watermark_file)
         "eps": float(cfg.eps), "image_size": int(cfg.image_size),
         "victims": {r.victim.name: r.weights for r in resolved}, "config": OmegaConf.to_yaml(cfg, resolve=True)})
-    checkpoints = ModelCheckpoint(dirpath=output_dir / "checkpoints", save_last=True, save_top_k=0,
-                                  every_n_train_steps=int(cfg.get("checkpoint_every", 50)))
-    extras = [WatermarkSnapshots(int(cfg.get("checkpoint_every", 50)))]  # W&B: the watermark at each checkpoint
-    extras += [AttackProgressBar()] if cfg.trainer.get("enable_progress_bar", True) else []  # iteration i/N, s/it
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[evaluation, export, checkpoints, *extras],
-                                                  logger=build_loggers(cfg))
+    evaluation, export = the(callbacks, EvaluationCallback), the(callbacks, WatermarkExport)
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=build_loggers(cfg))
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
     metrics: dict[str, Any] = evaluation.results(module, trainer)  # collective under DDP: every process calls it

@@ -44,6 +44,8 @@ def quiet_third_party_noise() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     # checkpoints of the perturbation *after* the step are what resuming needs; Lightning's advice does not apply
     warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual optimization")
+    # advwm's data modules resume where the run stopped (RepeatedBatchSampler.start), which Lightning cannot see
+    warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
                  "lightning.fabric.utilities.seed"):
         logging.getLogger(name).addFilter(lambda record: not str(record.getMessage()).startswith(NOISE_PREFIXES))

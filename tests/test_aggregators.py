@@ -7,16 +7,18 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from toys import base_attack
 
-from advwm.attacks.aggregators import (
-    AGGREGATORS,
+from advwm.attacks import (
     MGDA,
     CMUAFusion,
+    CMUAReference,
     Iterative,
+    PerImage,
     Single,
     Uniform,
+    Universal,
     image_level_fusion,
-    make_aggregator,
     min_norm_weights,
     min_norm_weights_batched,
 )
@@ -136,7 +138,7 @@ def test_mgda_combine_per_row() -> None:
     expected = torch.tensor([[0.4, 0.8], [1.0, 0.0]], dtype=torch.float64).reshape(2, 1, 1, 2)
     torch.testing.assert_close(out, expected)
     torch.testing.assert_close(agg.last_weights, torch.tensor([[0.2, 0.8], [1.0, 0.0]], dtype=torch.float64))
-    assert agg.needed(3, 2) == [0, 1] and not agg.sequential
+    assert agg.needed(3, 2) == [0, 1]
 
 
 def test_uniform_iterative_single() -> None:
@@ -150,8 +152,8 @@ def test_uniform_iterative_single() -> None:
     assert single.needed(0, 3) == [2] and single.needed(7, 3) == [2]
     torch.testing.assert_close(single.combine(grads[[2]], losses[[2]], 0), grads[2])
     assert Single().needed(1, 4) == [0]
-    with pytest.raises(IndexError):
-        Single(index=3).needed(0, 3)
+    with pytest.raises(ValueError, match="index=3"):
+        Single(index=3).validate(attack=base_attack(), scope=Universal(), victims=3)
     with pytest.raises(ValueError):
         it.combine(grads, losses, 0)
 
@@ -161,12 +163,8 @@ def test_cmua_blend_and_image_level_fusion() -> None:
     p = torch.tensor([3.0, 2.0])
     torch.testing.assert_close(CMUAFusion().blend(w, p), torch.tensor([2.0, 0.0]))
     torch.testing.assert_close(CMUAFusion(alpha=0.25).blend(w, p), torch.tensor([2.5, 1.0]))
-    fusion = CMUAFusion(variant="reference")
-    assert fusion.sequential and fusion.variant == "reference"
-    with pytest.raises(ValueError):
-        CMUAFusion(variant="other")
-    with pytest.raises(TypeError):
-        fusion.combine(torch.zeros(1, 1, 1), torch.zeros(1, 1), 0)
+    with pytest.raises(ValueError, match="alpha"):
+        CMUAFusion(alpha=1.5)
     grads = torch.tensor([[[[1.0, -2.0]]], [[[3.0, 0.0]]], [[[-1.0, -5.0]]]])  # [B=3, 1, 1, 2]
     fused = image_level_fusion(grads)
     assert fused.shape == (1, 1, 1, 2)
@@ -174,11 +172,18 @@ def test_cmua_blend_and_image_level_fusion() -> None:
     torch.testing.assert_close(fused, torch.tensor([[[[1 / 3, -2 / 3]]]]))
 
 
-def test_registry_and_factory() -> None:
-    assert set(AGGREGATORS) == {"mgda", "uniform", "iterative", "single", "cmua"}
-    assert isinstance(make_aggregator("MGDA"), MGDA)
-    assert make_aggregator("single", index=1).needed(0, 2) == [1]
-    cmua = make_aggregator("cmua", alpha=0.3)
-    assert isinstance(cmua, CMUAFusion) and cmua.alpha == 0.3
-    with pytest.raises(KeyError):
-        make_aggregator("nash")
+def test_each_aggregator_says_what_it_can_drive_and_how_often_a_batch_repeats() -> None:
+    """One place refuses each impossible pairing, with one line naming what to change."""
+    for aggregator in (MGDA(), Uniform(), Iterative(), Single(), CMUAFusion()):
+        assert aggregator.repeats(7) == 7 and aggregator.uses_random_start
+    assert CMUAReference().repeats(7) == 1 and not CMUAReference().uses_random_start
+    with pytest.raises(ValueError, match="cannot drive CMUA fusion"):
+        CMUAFusion().validate(attack=base_attack("apgd"), scope=Universal(), victims=2)
+    CMUAFusion().validate(attack=base_attack("mifgsm"), scope=PerImage(), victims=2)
+    with pytest.raises(ValueError, match="scope=universal"):
+        CMUAReference().validate(attack=base_attack("pgd"), scope=PerImage(), victims=2)
+    for attack in (base_attack("ifgsm"), base_attack("pgd", diversity_prob=0.5)):
+        with pytest.raises(ValueError, match="attack=pgd"):
+            CMUAReference().validate(attack=attack, scope=Universal(), victims=2)
+    CMUAReference().validate(attack=base_attack("pgd"), scope=Universal(), victims=2)
+    MGDA().validate(attack=base_attack("apgd"), scope=PerImage(), victims=2)

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from advwm.data import CelebADataModule
-from advwm.victims.base import CELEBA_ATTRIBUTES
+from advwm.data.attributes import CELEBA_ATTRIBUTES
 
 
 def fake_celeba(root: Path, n: int, train: int = 2) -> list[str]:

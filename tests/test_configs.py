@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 
-from advwm.attacks.aggregators import make_aggregator
-from advwm.attacks.domains import make_domains
-from advwm.attacks.regularizers import make_regularizer
-from advwm.attacks.steps import BASE_ATTACKS
+from advwm.attacks import Aggregator, BaseAttack, Regularizer, Scope
+from advwm.attacks.domains import CrossDomain
+from advwm.callbacks.evaluation import MetricSettings
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ["attack", "aggregator", "domains", "regularizer", "scope", "data", "trainer", "logger", "experiment"]
@@ -43,41 +43,75 @@ def test_every_config_file_starts_with_a_purpose_comment_and_an_example(path: Pa
     assert any("Example:" in line for line in lines[:5]), f"{path} has no example command in its header"
 
 
-@pytest.mark.parametrize("choice", [p.stem for p in sorted((CONF / "aggregator").glob("*.yaml"))])
-def test_aggregator_configs_build(choice: str) -> None:
-    cfg = dict(compose_with(f"aggregator={choice}").aggregator)
-    assert make_aggregator(cfg.pop("name"), **cfg) is not None
+# Each group's choices build an instance of its class, by `_target_` (one file, one class).
+BUILDS = {"aggregator": Aggregator, "domains": CrossDomain, "regularizer": Regularizer, "attack": BaseAttack,
+          "scope": Scope, "metrics": MetricSettings}
+BUILT = [(group, path.stem) for group in BUILDS for path in sorted((CONF / group).glob("*.yaml"))]
 
 
-@pytest.mark.parametrize("choice", [p.stem for p in sorted((CONF / "domains").glob("*.yaml"))])
-def test_domain_configs_build(choice: str) -> None:
-    cfg = dict(compose_with(f"domains={choice}").domains)
-    assert make_domains(cfg.pop("name"), **cfg).name == choice
-
-
-@pytest.mark.parametrize("choice", [p.stem for p in sorted((CONF / "regularizer").glob("*.yaml"))])
-def test_regularizer_configs_build(choice: str) -> None:
-    cfg = dict(compose_with(f"regularizer={choice}").regularizer)
-    assert make_regularizer(cfg.pop("name"), **cfg).name == choice
+@pytest.mark.parametrize(("group", "choice"), BUILT, ids=[f"{g}={c}" for g, c in BUILT])
+def test_every_choice_of_every_group_instantiates_its_class(group: str, choice: str) -> None:
+    cfg = compose_with("+victims=[stargan]", f"{group}={choice}")
+    assert "_target_" in cfg[group], f"{group}={choice} has no _target_"
+    assert isinstance(instantiate(cfg[group]), BUILDS[group])
 
 
 def test_the_penalty_configs_zeta_only_guards_a_zero_loss() -> None:
     """CDMAA eq. 25's zeta is "a very small positive number": a loss of 1e-6 must not be clamped up."""
-    cfg = dict(compose_with("regularizer=penalty").regularizer)
-    assert make_regularizer(cfg.pop("name"), **cfg).zeta <= 1e-6
+    assert instantiate(compose_with("regularizer=penalty").regularizer).zeta <= 1e-6
 
 
 @pytest.mark.parametrize("choice", [p.stem for p in sorted((CONF / "attack").glob("*.yaml"))])
-def test_attack_configs_name_a_base_attack(choice: str) -> None:
-    cfg = compose_with(f"attack={choice}").attack
-    assert cfg.name in BASE_ATTACKS and cfg.iterations >= 1
-    assert (cfg.diversity_prob > 0) == choice.startswith(("di2", "mdi2"))
+def test_attack_configs_name_themselves_and_use_input_diversity_where_they_say(choice: str) -> None:
+    attack = instantiate(compose_with(f"attack={choice}").attack)
+    assert attack.name == choice and attack.iterations >= 1
+    assert (attack.diversity is not None) == choice.startswith(("di2", "mdi2"))
+
+
+def test_callbacks_group_builds_every_callback() -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from advwm.callbacks import EvaluationCallback, WatermarkExport
+
+    cfg = compose_with("+victims=[stargan]", "paths.output_dir=/tmp/advwm-test-run")
+    built = instantiate(cfg.callbacks)
+    assert isinstance(built.evaluation, EvaluationCallback) and isinstance(built.evaluation.settings, MetricSettings)
+    assert isinstance(built.export, WatermarkExport) and isinstance(built.checkpoint, ModelCheckpoint)
+    assert built.checkpoint.dirpath.endswith("checkpoints")
+
+
+def test_metric_settings_defaults_are_the_metrics_config() -> None:
+    """One source of each default: the dataclass and conf/metrics/default.yaml agree (paths aside)."""
+    cfg = compose_with("metrics=default").metrics
+    defaults = MetricSettings()
+    for key, value in cfg.items():
+        if key in ("_target_", "liveness_weights"):  # the config points at weights/, the class has no path
+            continue
+        assert getattr(defaults, key) == value, key
+
+
+def test_victim_configs_use_the_registrys_architecture() -> None:
+    """One source of each default: conf/victims/<v>.yaml's arch is the registry's official layout."""
+    from omegaconf import OmegaConf
+
+    from advwm.victims.registry import SPECS
+
+    def given(node: dict) -> dict:  # the values a config sets (HiSD's overrides of its yaml default to null)
+        out = {k: given(v) if isinstance(v, dict) else v for k, v in node.items()}
+        return {k: v for k, v in out.items() if v is not None and v != {}}
+
+    for name, spec in SPECS.items():
+        cfg = compose_with(f"+victims=[{name}]").victims[name]
+        for key, value in given(OmegaConf.to_container(cfg.arch or {})).items():
+            if key == "yaml":
+                continue
+            assert spec.default_arch.get(key) == value, (name, key)
 
 
 @pytest.mark.parametrize("method", [p.stem for p in sorted((CONF / "method").glob("*.yaml"))])
 def test_every_table_row_method_composes(method: str) -> None:
     cfg = compose_with("+victims=[stargan]", f"+method={method}")
-    assert cfg.attack.name in BASE_ATTACKS
+    assert isinstance(instantiate(cfg.attack), BaseAttack) and isinstance(instantiate(cfg.aggregator), Aggregator)
 
 
 PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml") if p.stem != "demo")

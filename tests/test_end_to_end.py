@@ -76,7 +76,7 @@ def test_bim_and_pgd_rows_of_cmua_table_3_craft_different_watermarks(tmp_path: P
         cfg = compose_run(tmp_path / method, [*common, f"+method={method}"])
         craft(cfg)
         watermarks[method] = load_watermark(tmp_path / method / "watermark.pt").tensor
-        radius = cfg.attack.options.start_radius
+        radius = cfg.attack.optimizer.start_radius
         assert radius == (0.001 if method == "universal_bim" else cfg.eps)
     assert not torch.equal(watermarks["universal_bim"], watermarks["universal_pgd"])
     # two sign steps of 0.01 from a start within 0.001: BIM's watermark lies within 0.021 of zero

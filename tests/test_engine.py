@@ -5,13 +5,27 @@ from __future__ import annotations
 import pytest
 import torch
 from lightning.pytorch import Trainer
-from toys import LinearVictim, MixVictim, TensorFaces, mix_vote
+from toys import LinearVictim, MixVictim, TensorFaces, base_attack, mix_vote, scope_of
 
-from advwm.attacks.aggregators import CMUAFusion, Uniform, make_aggregator
-from advwm.attacks.domains import UniformDomains, make_domains, stacked_gradients
-from advwm.attacks.module import AttackSettings, WatermarkAttack
+from advwm.attacks import (
+    BaseAttack,
+    CMUAFusion,
+    CMUAReference,
+    Iterative,
+    IterativeDomains,
+    L2Regularizer,
+    MGDADomains,
+    NoRegularizer,
+    PerImage,
+    Single,
+    SingleDomain,
+    Uniform,
+    UniformDomains,
+    Universal,
+)
+from advwm.attacks.domains import stacked_gradients
+from advwm.attacks.module import WatermarkAttack
 from advwm.attacks.reference import cmua_reference_watermark
-from advwm.attacks.regularizers import make_regularizer
 from advwm.callbacks import EvaluationCallback, WatermarkExport
 from advwm.victims import build_victim
 from advwm.watermark_file import load_watermark
@@ -39,9 +53,9 @@ def test_cmua_paper_fusion_with_split_votes_matches_the_hand_computed_update(fus
     eps, step, alpha = 0.05, 0.01, 0.5
     victims = [MixVictim("a", 1.0), MixVictim("b", 3.0)]
     module = WatermarkAttack(victims, aggregator=CMUAFusion(alpha=alpha), domains=UniformDomains(),
-                             regularizer=make_regularizer("none"), attack=AttackSettings("pgd", step),
-                             eps=eps, iterations=1, image_size=4, batch_size=4, step_scales={"a": 1.0, "b": 2.5},
-                             fused_step=fused_step)
+                             regularizer=NoRegularizer(), attack=base_attack("pgd", step, iterations=1),
+                             eps=eps, image_size=4, batch_size=4, step_scales={"a": 1.0, "b": 2.5},
+                             scope=Universal(fused_step=fused_step))
     x = torch.rand(4, 3, 4, 4) * 1.8 - 0.9
     w0 = (torch.rand(1, 3, 4, 4) - 0.5) * 0.08
     start_from(module, w0)
@@ -61,9 +75,9 @@ def test_fused_mean_and_sign_differ_and_without_image_level_fusion_the_mean_grad
     results = {}
     for reduction, fused_step in (("sign_mean", "mean"), ("sign_mean", "sign"), ("mean", "mean"), ("mean", "sign")):
         module = WatermarkAttack([MixVictim("a", 1.0)], aggregator=CMUAFusion(), domains=UniformDomains(),
-                                 regularizer=make_regularizer("none"), attack=AttackSettings("pgd", 0.01), eps=0.05,
-                                 iterations=2, image_size=4, batch_size=4, batch_reduction=reduction,
-                                 fused_step=fused_step)
+                                 regularizer=NoRegularizer(), attack=base_attack("pgd", 0.01, iterations=2),
+                                 eps=0.05, image_size=4, batch_size=4,
+                                 scope=Universal(batch_reduction=reduction, fused_step=fused_step))
         fit(module, TensorFaces(x, batch_size=4, repeats=2))
         results[reduction, fused_step] = module.watermark()
     assert not torch.equal(results["sign_mean", "mean"], results["sign_mean", "sign"])
@@ -86,20 +100,17 @@ def test_combined_step_hands_regularised_per_image_gradients_to_the_aggregator()
     eps = 0.05
     victims = [LinearVictim("a", 1.0), LinearVictim("b", 2.0)]
     spy = SpyAggregator()
-    module = WatermarkAttack(victims, aggregator=spy, domains=UniformDomains(), regularizer=make_regularizer("l2"),
-                             attack=AttackSettings("ifgsm", 0.01), scope="per_image", eps=eps, iterations=1,
-                             image_size=2, batch_size=2)
     x = torch.stack([torch.full((3, 2, 2), 0.2), torch.full((3, 2, 2), -0.3)])
     delta = torch.tensor([0.01, -0.02]).view(2, 1, 1, 1) * torch.ones(2, 3, 2, 2)
 
-    original_prepare = module._prepare
+    class StartingAtDelta(PerImage):  # the per-image scope starts every batch afresh: start it at delta
+        def start_batch(self, engine, x, batch_number):
+            super().start_batch(engine, x, batch_number)
+            engine.perturbation.data.copy_(delta)
 
-    def prepare_then_set(*args, **kwargs):  # the per-image scope resets delta per batch: set it after
-        cache = original_prepare(*args, **kwargs)
-        module.perturbation.data.copy_(delta)
-        return cache
-
-    module._prepare = prepare_then_set  # type: ignore[method-assign]
+    module = WatermarkAttack(victims, aggregator=spy, domains=UniformDomains(), regularizer=L2Regularizer(),
+                             attack=base_attack("ifgsm", 0.01, iterations=1), scope=StartingAtDelta(), eps=eps,
+                             image_size=2, batch_size=2)
     fit(module, TensorFaces(x, batch_size=2, repeats=1))
     grads, losses = spy.seen[0]
     n = 3 * 2 * 2
@@ -115,18 +126,18 @@ def test_combined_step_hands_regularised_per_image_gradients_to_the_aggregator()
 
 def test_clean_outputs_are_computed_once_per_batch_and_victims_stay_frozen() -> None:
     victim = LinearVictim("a", 1.0)
-    module = WatermarkAttack([victim], aggregator=make_aggregator("uniform"), domains=UniformDomains(),
-                             regularizer=make_regularizer("none"), attack=AttackSettings("pgd", 0.01),
-                             eps=0.05, iterations=3, image_size=4, batch_size=2, micro_batches={"a": None})
+    module = WatermarkAttack([victim], aggregator=Uniform(), domains=UniformDomains(),
+                             regularizer=NoRegularizer(), attack=base_attack("pgd", 0.01, iterations=3),
+                             eps=0.05, image_size=4, batch_size=2, micro_batches={"a": None}, scope=Universal())
     fit(module, TensorFaces(torch.zeros(4, 3, 4, 4), batch_size=2, repeats=3))
     assert victim.clean_calls == 2  # 2 batches x 1 stacked forward (both conditions at once)
     assert victim.grad_calls == 6  # 2 batches x 3 iterations, one stacked forward each
     assert victim.gain.grad is None and not victim.gain.requires_grad
     assert module.iteration == 6
     one_at_a_time = LinearVictim("a", 1.0)  # the CPU default ("auto"): one (image, condition) pair per forward
-    module = WatermarkAttack([one_at_a_time], aggregator=make_aggregator("uniform"), domains=UniformDomains(),
-                             regularizer=make_regularizer("none"), attack=AttackSettings("pgd", 0.01),
-                             eps=0.05, iterations=3, image_size=4, batch_size=2)
+    module = WatermarkAttack([one_at_a_time], aggregator=Uniform(), domains=UniformDomains(),
+                             regularizer=NoRegularizer(), attack=base_attack("pgd", 0.01, iterations=3),
+                             eps=0.05, image_size=4, batch_size=2, scope=Universal())
     fit(module, TensorFaces(torch.zeros(4, 3, 4, 4), batch_size=2, repeats=3))
     assert one_at_a_time.clean_calls == 2 * 4  # 2 batches x (2 images x 2 conditions)
     assert one_at_a_time.grad_calls == 6 * 4
@@ -155,12 +166,12 @@ def test_stacked_and_micro_batched_gradients_equal_one_condition_at_a_time(small
         assert torch.allclose(micro[k], g, atol=1e-6, rtol=1e-4)
         assert torch.allclose(losses[k], per_image.detach(), atol=1e-7)
     assert torch.allclose(micro_losses, losses, atol=1e-7)
-    mgda = make_domains("mgda").gradient(small_stargan, protected, conditions, targets, step=0)
-    uniform = make_domains("uniform").gradient(small_stargan, protected, conditions, targets, step=0)
+    mgda = MGDADomains().gradient(small_stargan, protected, conditions, targets, step=0)
+    uniform = UniformDomains().gradient(small_stargan, protected, conditions, targets, step=0)
     assert torch.allclose(uniform.grad, grads.mean(0), atol=1e-7)
-    single = make_domains("single", index=3).gradient(small_stargan, protected, conditions, targets, step=0)
+    single = SingleDomain(index=3).gradient(small_stargan, protected, conditions, targets, step=0)
     assert torch.allclose(single.grad, grads[3], atol=1e-7)
-    iterative = make_domains("iterative").gradient(small_stargan, protected, conditions, targets, step=7)
+    iterative = IterativeDomains().gradient(small_stargan, protected, conditions, targets, step=7)
     assert list(iterative.per_condition) == [7 % 5]
     for b in range(2):  # CDMAA Theorem 1 per image: the min-norm direction ascends every condition
         w = mgda.grad[b].flatten()
@@ -183,9 +194,9 @@ def test_the_clean_image_is_a_stationary_point_so_a_start_there_barely_moves(sma
 
 def test_per_image_evaluation_and_export_use_each_batch_final_perturbation(tmp_path) -> None:
     victims = [LinearVictim("a", 5.0)]
-    module = WatermarkAttack(victims, aggregator=make_aggregator("single"), domains=UniformDomains(),
-                             regularizer=make_regularizer("none"), attack=AttackSettings("pgd", 0.01),
-                             scope="per_image", eps=0.05, iterations=2, image_size=4, batch_size=2)
+    module = WatermarkAttack(victims, aggregator=Single(), domains=UniformDomains(),
+                             regularizer=NoRegularizer(), attack=base_attack("pgd", 0.01, iterations=2),
+                             scope=PerImage(), eps=0.05, image_size=4, batch_size=2)
     images = torch.rand(3, 3, 4, 4) * 1.8 - 0.9
     evaluation, export = EvaluationCallback(), WatermarkExport(tmp_path)
     fit(module, TensorFaces(images, batch_size=2, repeats=2), [evaluation, export])
@@ -217,14 +228,14 @@ def test_a_compiled_victim_gives_the_eager_gradients(small_stargan) -> None:
 
 def test_apgd_schedule_spans_the_whole_run_for_a_universal_watermark() -> None:
     victims = [LinearVictim("a", 2.0)]
-    module = WatermarkAttack(victims, aggregator=make_aggregator("uniform"), domains=UniformDomains(),
-                             regularizer=make_regularizer("none"), attack=AttackSettings("apgd", 0.1),
-                             eps=0.05, iterations=5, image_size=4, batch_size=1)
+    module = WatermarkAttack(victims, aggregator=Uniform(), domains=UniformDomains(),
+                             regularizer=NoRegularizer(), attack=base_attack("apgd", 0.1, iterations=5),
+                             eps=0.05, image_size=4, batch_size=1, scope=Universal())
     fit(module, TensorFaces(torch.rand(3, 3, 4, 4) - 0.5, batch_size=1, repeats=5))
     assert module.base_attack.checkpoints[-1] <= 15 and module.base_attack.checkpoints[1] == 4  # ceil(0.22*15)
-    per_image = WatermarkAttack(victims, aggregator=make_aggregator("uniform"), domains=UniformDomains(),
-                                regularizer=make_regularizer("none"), attack=AttackSettings("apgd", 0.1),
-                                scope="per_image", eps=0.05, iterations=5, image_size=4, batch_size=1)
+    per_image = WatermarkAttack(victims, aggregator=Uniform(), domains=UniformDomains(),
+                                regularizer=NoRegularizer(), attack=base_attack("apgd", 0.1, iterations=5),
+                                scope=PerImage(), eps=0.05, image_size=4, batch_size=1)
     fit(per_image, TensorFaces(torch.rand(3, 3, 4, 4) - 0.5, batch_size=1, repeats=5))
     assert per_image.base_attack.checkpoints[1] == 2  # ceil(0.22*5)
 
@@ -234,22 +245,22 @@ def test_the_reference_aggregator_runs_the_public_reference_function() -> None:
     a victim named hisd continues from x + W with the offset target, the others restart from noise."""
     victims = [MixVictim("a", 1.0), MixVictim("hisd", 3.0, levels=(0.0,))]
     factors = {"a": 1.5, "hisd": 0.7}
-    module = WatermarkAttack(victims, aggregator=CMUAFusion(alpha=0.5, variant="reference"), domains=UniformDomains(),
-                             regularizer=make_regularizer("none"), attack=AttackSettings("pgd", 0.01), eps=0.05,
-                             iterations=3, image_size=4, batch_size=2, step_scales=factors, seed=7)
+    module = WatermarkAttack(victims, aggregator=CMUAReference(alpha=0.5), domains=UniformDomains(),
+                             regularizer=NoRegularizer(), attack=base_attack("pgd", 0.01, iterations=3), eps=0.05,
+                             image_size=4, batch_size=2, step_scales=factors, seed=7, scope=Universal())
     x = torch.rand(4, 3, 4, 4) * 2 - 1
     fit(module, TensorFaces(x, batch_size=2, repeats=1))
     labels = torch.zeros(2, 40)
     expected, trace = cmua_reference_watermark(victims, [(x[:2], labels)], factors=factors, eps=0.05, step_size=0.01,
-                                               iterations=3, generator=module._start_generator(0))
+                                               iterations=3, generator=module.start_generator(0))
     expected, more = cmua_reference_watermark(victims, [(x[2:], labels)], factors=factors, eps=0.05, step_size=0.01,
-                                              iterations=3, generator=module._start_generator(1), watermark=expected)
+                                              iterations=3, generator=module.start_generator(1), watermark=expected)
     assert torch.equal(module.watermark(), expected)
     assert [(e["batch"], e["victim"]) for e in trace + more] == [(0, "a"), (0, "hisd")] * 2
     assert float(expected.abs().max()) > 0.01  # it moved
     with pytest.raises(ValueError, match="attack=pgd"):
-        WatermarkAttack(victims, aggregator=CMUAFusion(variant="reference"), domains=UniformDomains(),
-                        regularizer=make_regularizer("none"), attack=AttackSettings("ifgsm", 0.01))
+        WatermarkAttack(victims, aggregator=CMUAReference(), domains=UniformDomains(),
+                        regularizer=NoRegularizer(), attack=base_attack("ifgsm", 0.01), scope=Universal())
 
 
 def test_reference_loop_by_hand_one_step_restarting_and_continuing() -> None:
@@ -271,9 +282,9 @@ def test_reference_loop_by_hand_one_step_restarting_and_continuing() -> None:
     assert torch.allclose(w, 0.5 * w1 + 0.5 * eta, atol=1e-7)
 
 
-def _universal(victims, attack: AttackSettings, **kwargs) -> WatermarkAttack:
-    options = dict(aggregator=make_aggregator("uniform"), domains=UniformDomains(),
-                   regularizer=make_regularizer("none"), eps=0.05, image_size=16, batch_size=2)
+def _universal(victims, attack: BaseAttack, **kwargs) -> WatermarkAttack:
+    options = dict(aggregator=Uniform(), domains=UniformDomains(), regularizer=NoRegularizer(), eps=0.05,
+                   image_size=16, batch_size=2, scope=Universal())
     options.update(kwargs)
     return WatermarkAttack(victims, attack=attack, **options)
 
@@ -281,14 +292,14 @@ def _universal(victims, attack: AttackSettings, **kwargs) -> WatermarkAttack:
 def test_di2_draws_one_transform_per_pair_whatever_the_chunking() -> None:
     """micro_batch=1 (the CPU default) and all pairs stacked (GPU) craft the same watermark with DI2."""
     x = torch.rand(4, 3, 16, 16) * 1.8 - 0.9
-    di2 = AttackSettings("ifgsm", 0.01, diversity_prob=0.7)
+    di2 = base_attack("ifgsm", 0.01, iterations=3, diversity_prob=0.7)
     watermarks = {}
     for micro in (1, 3, None):
-        module = _universal([MixVictim("a", 1.0)], di2, iterations=3, seed=5, micro_batches={"a": micro})
+        module = _universal([MixVictim("a", 1.0)], di2, seed=5, micro_batches={"a": micro})
         fit(module, TensorFaces(x, batch_size=2, repeats=3))
         watermarks[micro] = module.watermark()
     assert torch.equal(watermarks[1], watermarks[None]) and torch.equal(watermarks[3], watermarks[None])
-    plain = _universal([MixVictim("a", 1.0)], AttackSettings("ifgsm", 0.01), iterations=3, seed=5)
+    plain = _universal([MixVictim("a", 1.0)], base_attack("ifgsm", 0.01, iterations=3), seed=5)
     fit(plain, TensorFaces(x, batch_size=2, repeats=3))
     assert not torch.equal(plain.watermark(), watermarks[None])  # the random resize does change the gradients
 
@@ -328,9 +339,9 @@ def test_iterative_modes_count_each_images_own_iterations() -> None:
     images = torch.rand(4, 3, 4, 4) - 0.5
     for scope, local_steps in (("per_image", [0, 1, 2, 0, 1, 2]), ("universal", [0, 1, 2, 3, 4, 5])):
         spy = SpyDomains()
-        module = WatermarkAttack(victims, aggregator=make_aggregator("iterative"), domains=spy,
-                                 regularizer=make_regularizer("none"), attack=AttackSettings("ifgsm", 0.01),
-                                 scope=scope, eps=0.05, iterations=3, image_size=4, batch_size=2)
+        module = WatermarkAttack(victims, aggregator=Iterative(), domains=spy,
+                                 regularizer=NoRegularizer(), attack=base_attack("ifgsm", 0.01, iterations=3),
+                                 scope=scope_of(scope), eps=0.05, image_size=4, batch_size=2)
         fit(module, TensorFaces(images, batch_size=2, repeats=3))
         assert spy.steps == local_steps, scope  # the cross-domain mode sees the perturbation's own t
         # the cross-model mode too: victim t mod 2, i.e. per image a, b, a in each batch (a twice as often)
@@ -363,9 +374,9 @@ class RecordingAPGD(WatermarkAttack):
 def test_apgd_ends_at_the_best_point_it_has_seen(scope: str) -> None:
     """Per image: the best per row; universal: the best by the batch's mean loss. The last point is judged too."""
     torch.manual_seed(5)
-    module = RecordingAPGD([MixVictim("a", 1.0)], aggregator=make_aggregator("uniform"), domains=UniformDomains(),
-                           regularizer=make_regularizer("none"), attack=AttackSettings("apgd", 0.1), scope=scope,
-                           eps=0.05, iterations=7, image_size=8, batch_size=3)
+    module = RecordingAPGD([MixVictim("a", 1.0)], aggregator=Uniform(), domains=UniformDomains(),
+                           regularizer=NoRegularizer(), attack=base_attack("apgd", 0.1, iterations=7),
+                           scope=scope_of(scope), eps=0.05, image_size=8, batch_size=3)
     x = torch.rand(3, 3, 8, 8) * 1.6 - 0.8
     fit(module, TensorFaces(x, batch_size=3, repeats=7))
     points = torch.stack([p for p, _ in module.visited])  # [8, P, 3, H, W]
@@ -382,3 +393,14 @@ def test_apgd_ends_at_the_best_point_it_has_seen(scope: str) -> None:
     clean = [MixVictim("a", 1.0)(x, torch.zeros(3, 1)), MixVictim("a", 1.0)(x, torch.ones(3, 1))]
     per_image = sum((f - c).pow(2).flatten(1).mean(1) for f, c in zip(fakes, clean, strict=True)) / 2
     assert torch.allclose(losses[-1], per_image if scope == "per_image" else per_image.mean().reshape(1), atol=1e-7)
+
+
+@pytest.mark.parametrize("aggregator", [Uniform(), CMUAFusion(), CMUAReference()],
+                         ids=["combining", "cmua", "reference"])
+def test_every_aggregator_step_counts_as_a_trainer_step(aggregator) -> None:
+    """Checkpoints and periodic evaluation follow `trainer.global_step`: every iteration must count once."""
+    module = WatermarkAttack([MixVictim("a", 1.0)], aggregator=aggregator, domains=UniformDomains(),
+                             regularizer=NoRegularizer(), attack=base_attack("pgd", 0.01, iterations=3),
+                             scope=Universal(), eps=0.05, image_size=4, batch_size=2)
+    trainer = fit(module, TensorFaces(torch.rand(4, 3, 4, 4) - 0.5, batch_size=2, repeats=aggregator.repeats(3)))
+    assert trainer.global_step == module.iteration == 2 * aggregator.repeats(3)

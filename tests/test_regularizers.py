@@ -6,12 +6,10 @@ import pytest
 import torch
 
 from advwm.attacks.regularizers import (
-    REGULARIZERS,
     L2Regularizer,
     LogRegularizer,
     NoRegularizer,
     PenaltyRegularizer,
-    make_regularizer,
 )
 
 # two rows: row 0 gradient [3, 4] (norm 5) with loss 2; row 1 gradient [1, -1] with loss 0.001
@@ -54,15 +52,6 @@ def test_scalar_loss_broadcasts_and_shape_mismatch_fails() -> None:
     torch.testing.assert_close(LogRegularizer()(GRAD, torch.tensor(4.0)), GRAD / 4.0)
     with pytest.raises(ValueError):
         LogRegularizer()(GRAD, torch.ones(3))
-
-
-def test_registry_and_factory() -> None:
-    assert set(REGULARIZERS) == {"none", "l2", "log", "penalty"}
-    reg = make_regularizer("penalty", zeta=0.5)
-    assert isinstance(reg, PenaltyRegularizer) and reg.zeta == 0.5
-    assert isinstance(make_regularizer("L2"), L2Regularizer)
-    with pytest.raises(KeyError):
-        make_regularizer("sqrt")
 
 
 @pytest.mark.parametrize("zeta, ratio", [(1e-8, 4.0), (0.01, 1.0)])

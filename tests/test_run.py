@@ -211,18 +211,16 @@ def test_folder_run_skips_and_counts_a_corrupt_image(tmp_path: Path) -> None:
 
 def test_a_victim_that_returns_nan_stops_with_one_line_and_keeps_the_watermark(tmp_path: Path) -> None:
     from lightning.pytorch import Trainer
-    from toys import LinearVictim, TensorFaces
+    from toys import LinearVictim, TensorFaces, base_attack
 
-    from advwm.attacks.aggregators import make_aggregator
-    from advwm.attacks.domains import UniformDomains
-    from advwm.attacks.module import AttackSettings, NonFiniteLossError, WatermarkAttack
-    from advwm.attacks.regularizers import make_regularizer
+    from advwm.attacks import NoRegularizer, Uniform, UniformDomains, Universal
+    from advwm.attacks.module import NonFiniteLossError, WatermarkAttack
     from advwm.callbacks import WatermarkExport
 
     victim = LinearVictim("broken", float("nan"))
-    module = WatermarkAttack([victim], aggregator=make_aggregator("uniform"), domains=UniformDomains(),
-                             regularizer=make_regularizer("none"), attack=AttackSettings("pgd", 0.01),
-                             eps=0.05, iterations=2, image_size=4, batch_size=1)
+    module = WatermarkAttack([victim], aggregator=Uniform(), domains=UniformDomains(), regularizer=NoRegularizer(),
+                             attack=base_attack("pgd", 0.01, iterations=2), scope=Universal(), eps=0.05,
+                             image_size=4, batch_size=1)
     trainer = Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, callbacks=[WatermarkExport(tmp_path)])
     with pytest.raises(NonFiniteLossError) as caught:

@@ -11,12 +11,11 @@ import torch
 from advwm.attacks.diversity import InputDiversity
 from advwm.attacks.steps import (
     APGD,
-    BASE_ATTACKS,
     IFGSM,
     MIFGSM,
     PGD,
+    BaseAttack,
     apgd_checkpoints,
-    make_base_attack,
 )
 
 
@@ -95,16 +94,21 @@ def test_bim_starts_in_a_tiny_ball_pgd_in_the_whole_eps_ball() -> None:
         IFGSM([p], start_radius=-1.0)
 
 
-def test_registry_and_factory() -> None:
+def test_base_attack_builds_its_optimizer_over_the_perturbation() -> None:
+    import functools
+
     p = torch.nn.Parameter(torch.zeros(1, 3, 2, 2))
-    assert BASE_ATTACKS["bim"] is BASE_ATTACKS["ifgsm"] is IFGSM
-    assert isinstance(make_base_attack("PGD", [p], eps=0.05, step_size=0.01), PGD)
-    assert isinstance(make_base_attack("mifgsm", p, eps=0.05, step_size=0.01, decay=0.5), MIFGSM)
-    apgd = make_base_attack("apgd", [p], eps=0.05, step_size=0.01, n_iter=10)
-    assert isinstance(apgd, APGD)
-    assert apgd.param_groups[0]["eps"] == 0.05 and apgd.param_groups[0]["lr"] == 0.01
-    with pytest.raises(KeyError):
-        make_base_attack("fgsm++", [p], eps=0.05, step_size=0.01)
+    pgd = BaseAttack(PGD, step_size=0.02, iterations=3).build([p], eps=0.04, schedule_length=99)
+    assert isinstance(pgd, PGD) and pgd.param_groups[0]["eps"] == 0.04 and pgd.param_groups[0]["lr"] == 0.02
+    mifgsm = BaseAttack(functools.partial(MIFGSM, decay=0.5), step_size=0.01).build([p], eps=0.05, schedule_length=9)
+    assert isinstance(mifgsm, MIFGSM) and mifgsm.param_groups[0]["decay"] == 0.5
+    apgd_recipe = BaseAttack(functools.partial(APGD, rho=0.5), step_size=0.01, iterations=10)
+    apgd = apgd_recipe.build([p], eps=0.05, schedule_length=40)
+    assert isinstance(apgd, APGD) and apgd.n_iter == 40 and apgd.rho == 0.5  # the schedule spans what it is told
+    assert apgd_recipe.scheduled and not apgd_recipe.proposes and BaseAttack(PGD).proposes
+    for wrong in ({"step_size": float("nan")}, {"step_size": 0.0}, {"iterations": 0}):
+        with pytest.raises(ValueError, match="attack."):
+            BaseAttack(PGD, **wrong)
 
 
 # --------------------------------------------------------------------------------------------- MI-FGSM

@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
+from advwm.attacks import APGD, IFGSM, MIFGSM, PGD, BaseAttack, InputDiversity, PerImage, Scope, Universal
 from advwm.data import RepeatedBatchSampler
+
+OPTIMIZERS = {"pgd": PGD, "ifgsm": IFGSM, "mifgsm": MIFGSM, "apgd": APGD}
+
+
+def base_attack(name: str = "pgd", step_size: float = 0.01, iterations: int = 1, diversity_prob: float = 0.0,
+                **options) -> BaseAttack:
+    """A BaseAttack as a config would build it: the optimizer class (partial with `options`), its step size,
+    iterations per batch, and DI2 input diversity with probability `diversity_prob`."""
+    diversity = InputDiversity(prob=diversity_prob) if diversity_prob else None
+    return BaseAttack(functools.partial(OPTIMIZERS[name], **options), step_size=step_size, iterations=iterations,
+                      diversity=diversity, name=name)
+
+
+def scope_of(name: str, **options) -> Scope:
+    """Universal(**options) or PerImage() by name."""
+    return PerImage() if name == "per_image" else Universal(**options)
 
 
 class LinearVictim(torch.nn.Module):

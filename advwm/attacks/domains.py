@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from advwm.attacks.aggregators import min_norm_weights_batched
 from advwm.attacks.losses import distortion
+from advwm.attacks.min_norm import min_norm_weights_batched
 
 # A transform of stacked victim inputs: (chunk [N,3,H,W], the (condition, image) pair of each row) -> chunk.
 Transform = Callable[[torch.Tensor, Sequence[tuple[int, int]]], torch.Tensor]
@@ -188,17 +188,3 @@ class MGDADomains(CrossDomain):
         weights = min_norm_weights_batched(per_image).to(grads.dtype)  # [B,K]
         combined = torch.einsum("bk,bkd->bd", weights, per_image).view(batch, *grads.shape[2:])
         return combined, losses.mean(dim=0)
-
-
-DOMAIN_MODES: dict[str, type[CrossDomain]] = {
-    "uniform": UniformDomains,
-    "single": SingleDomain,
-    "iterative": IterativeDomains,
-    "mgda": MGDADomains,
-}
-
-
-def make_domains(name: str, **kwargs) -> CrossDomain:
-    if name not in DOMAIN_MODES:
-        raise ValueError(f"unknown cross-domain mode {name!r}; choose from {sorted(DOMAIN_MODES)}")
-    return DOMAIN_MODES[name](**kwargs)

@@ -8,19 +8,15 @@ All scales are constants (detached) and computed per row of the [P, ...] gradien
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
 __all__ = [
-    "REGULARIZERS",
     "L2Regularizer",
     "LogRegularizer",
     "NoRegularizer",
     "PenaltyRegularizer",
     "Regularizer",
-    "make_regularizer",
 ]
 
 _TINY = 1e-12
@@ -105,19 +101,3 @@ class PenaltyRegularizer(Regularizer):
 
     def __repr__(self) -> str:
         return f"PenaltyRegularizer(zeta={self.zeta})"
-
-
-REGULARIZERS: dict[str, type[Regularizer]] = {
-    "none": NoRegularizer,
-    "l2": L2Regularizer,
-    "log": LogRegularizer,
-    "penalty": PenaltyRegularizer,
-}
-
-
-def make_regularizer(name: str, **kwargs: Any) -> Regularizer:
-    """Build a regulariser by registry name (case-insensitive)."""
-    key = name.lower()
-    if key not in REGULARIZERS:
-        raise KeyError(f"unknown regularizer {name!r}; choose from {sorted(REGULARIZERS)}")
-    return REGULARIZERS[key](**kwargs)

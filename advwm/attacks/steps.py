@@ -11,22 +11,26 @@ the first dimension.
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from advwm.attacks.diversity import InputDiversity
+
 __all__ = [
     "APGD",
-    "BASE_ATTACKS",
     "IFGSM",
     "MIFGSM",
     "PGD",
+    "BaseAttack",
     "SignStepAttack",
     "apgd_checkpoints",
-    "make_base_attack",
 ]
 
 _TINY = 1e-12
@@ -50,6 +54,9 @@ class SignStepAttack(Optimizer):
     Subclasses change ``direction`` (e.g. momentum) or ``step`` (APGD's schedule). ``propose`` computes a
     step without writing the parameter, so the CMUA fusion aggregator can blend proposals itself.
     """
+
+    #: True when the step follows a schedule over a known number of iterations (APGD): no stateless proposals
+    scheduled: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -241,6 +248,8 @@ class APGD(SignStepAttack):
     and the step from x_max uses the gradient stored with x_max, as AutoAttack does.
     """
 
+    scheduled = True
+
     def __init__(
         self,
         params: Any,
@@ -384,18 +393,55 @@ class APGD(SignStepAttack):
         p.copy_(new)
 
 
-BASE_ATTACKS: dict[str, type[SignStepAttack]] = {
-    "pgd": PGD,
-    "ifgsm": IFGSM,
-    "bim": IFGSM,
-    "mifgsm": MIFGSM,
-    "apgd": APGD,
-}
+@dataclass
+class BaseAttack:
+    """A base attack as configured: the optimizer that takes the steps, its step size, how many iterations a
+    batch gets, and the input diversity (DI2) its victims' inputs go through.
 
+    `optimizer` is the class or a partial of it (Hydra's `_partial_: true`, as lightning-hydra-template does
+    for its optimizer): `build` completes it over the perturbation once the engine knows eps and how long
+    one perturbation lives (APGD's checkpoint schedule needs that length).
+    """
 
-def make_base_attack(name: str, params: Any, eps: float, step_size: float, **kwargs: Any) -> SignStepAttack:
-    """Build a base attack by registry name (case-insensitive); extra kwargs go to its constructor."""
-    key = name.lower().replace("-", "").replace("_", "")
-    if key not in BASE_ATTACKS:
-        raise KeyError(f"unknown base attack {name!r}; choose from {sorted(BASE_ATTACKS)}")
-    return BASE_ATTACKS[key](params, eps=eps, step_size=step_size, **kwargs)
+    optimizer: Callable[..., SignStepAttack]
+    step_size: float = 0.01
+    iterations: int = 10
+    diversity: InputDiversity | None = None
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if not (self.step_size > 0 and math.isfinite(self.step_size)):
+            raise ValueError(f"attack.step_size must be a finite number > 0, got {self.step_size}")
+        if int(self.iterations) < 1:
+            raise ValueError(f"attack.iterations must be >= 1, got {self.iterations}")
+        self.iterations = int(self.iterations)
+        if self.diversity is not None and self.diversity.prob <= 0:
+            self.diversity = None  # DI2 with probability 0 is no input diversity
+
+    @property
+    def optimizer_class(self) -> type[SignStepAttack]:
+        return self.optimizer.func if isinstance(self.optimizer, functools.partial) else self.optimizer
+
+    @property
+    def label(self) -> str:
+        return f"attack={self.name}" if self.name else self.optimizer_class.__name__
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether the optimizer follows a schedule over a known number of steps (APGD)."""
+        return self.optimizer_class.scheduled
+
+    @property
+    def proposes(self) -> bool:
+        """Whether a stateless step can be proposed (CMUA fusion blends proposals): not APGD."""
+        return not self.scheduled
+
+    @property
+    def replays_released_pgd(self) -> bool:
+        """PGD with no input diversity: what the released CMUA loop runs."""
+        return self.optimizer_class is PGD and self.diversity is None
+
+    def build(self, params: Any, eps: float, schedule_length: int) -> SignStepAttack:
+        """The optimizer over `params`; `schedule_length` = the steps one perturbation gets (APGD's n_iter)."""
+        extra = {"n_iter": schedule_length} if self.scheduled else {}
+        return self.optimizer(params, eps=eps, step_size=self.step_size, **extra)

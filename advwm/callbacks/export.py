@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -79,12 +80,21 @@ class WatermarkExport(Callback):
         self.names: list[str] = []
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
-        if pl_module.scope == "per_image" and pl_module.last_batch is not None:
-            names = list(pl_module.last_batch["name"])
+        finished = pl_module.finished_batch
+        if finished is not None:  # per image: keep the batch's perturbations, write its protected faces now
+            names = list(finished["name"])
             self.per_image.append(pl_module.watermark())
             self.names.extend(names)
             if trainer.is_global_zero:
-                self.save_protected(pl_module.protect(pl_module.last_batch["image"]).detach().cpu(), names)
+                self.save_protected(pl_module.protect(finished["image"]).detach().cpu(), names)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Per image: the finished batches' perturbations and names, so a resumed run saves them all."""
+        return {"per_image": list(self.per_image), "names": list(self.names)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.per_image = list(state_dict.get("per_image", []))
+        self.names = list(state_dict.get("names", []))
 
     def save_protected(self, protected: torch.Tensor, names: list[str]) -> None:
         """Per-image scope: each protected face as `protected/<name>.png` (what a user shares instead)."""
@@ -100,7 +110,7 @@ class WatermarkExport(Callback):
         meta = {"eps": float(self.metadata.get("eps", module.eps)),
                 "image_size": int(self.metadata.get("image_size", size)),
                 "victims": dict(victims), "config": self.metadata.get("config")}
-        if module.scope == "universal":
+        if module.scope.judges_held_out:
             return watermark_payload("universal", module.watermark(), **meta)
         stacked = torch.cat(self.per_image) if self.per_image else torch.empty(0, 3, size, size)
         return watermark_payload("per_image", stacked, list(self.names), **meta)

@@ -103,18 +103,28 @@ class FaceDataset(Dataset):
 
 
 class RepeatedBatchSampler(Sampler[list[int]]):
-    """Yields every batch of `batch_sampler` `repeats` times in a row (one repeat = one attack iteration)."""
+    """Yields every batch of `batch_sampler` `repeats` times in a row (one repeat = one attack iteration).
 
-    def __init__(self, batch_sampler: Sampler[list[int]], repeats: int) -> None:
+    `start`: positions to skip in the first pass only, so a resumed run continues with the iteration it
+    stopped at instead of crafting on the first batch again. The length stays the whole pass: Lightning
+    counts the iterations done before the resume as part of the epoch.
+    """
+
+    def __init__(self, batch_sampler: Sampler[list[int]], repeats: int, start: int = 0) -> None:
         if repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {repeats}")
         self.batch_sampler = batch_sampler
         self.repeats = repeats
+        self.start = int(start)
 
     def __iter__(self) -> Iterator[list[int]]:
+        skip, self.start = self.start, 0
+        position = 0
         for batch in self.batch_sampler:
             for _ in range(self.repeats):
-                yield list(batch)
+                if position >= skip:
+                    yield list(batch)
+                position += 1
 
     def __len__(self) -> int:
         return len(self.batch_sampler) * self.repeats  # type: ignore[arg-type]
@@ -188,11 +198,16 @@ class FaceDataModule(LightningDataModule):
             raise ValueError(f"data.batch_size={self.batch_size} must be divisible by the {world} processes")
         indices = list(range(len(self.craft_items)))[rank::world]
         batches = BatchSampler(indices, self.batch_size // world, drop_last=False)
-        return DataLoader(
-            FaceDataset(self.craft_items, self.image_size),
-            batch_sampler=RepeatedBatchSampler(batches, self.repeats),
-            num_workers=self.num_workers,
-        )
+        sampler = RepeatedBatchSampler(batches, self.repeats)
+        sampler.start = self._iterations_done() % max(len(sampler), 1)
+        return DataLoader(FaceDataset(self.craft_items, self.image_size), batch_sampler=sampler,
+                          num_workers=self.num_workers)
+
+    def _iterations_done(self) -> int:
+        """The attack's iterations done before this fit (a resumed run's, else 0): where crafting continues."""
+        trainer = getattr(self, "trainer", None)
+        module = trainer.lightning_module if trainer is not None else None
+        return int(getattr(module, "iteration", 0) or 0)
 
     def eval_dataloader(self) -> DataLoader:
         """The held-out faces, each once, in order (under DDP: this process's strided share, no padding)."""

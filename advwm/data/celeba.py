@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
+from advwm.data.attributes import CELEBA_ATTRIBUTES
 from advwm.data.base import FaceDataModule, FaceItem, NoImagesError
-from advwm.victims.base import CELEBA_ATTRIBUTES
 
 PARTITIONS = {"train": 0, "val": 1, "test": 2}
 SAMPLES = ("first", "random")

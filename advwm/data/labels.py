@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 import torch
 
-from advwm.victims.base import CELEBA_ATTRIBUTES
+from advwm.data.attributes import CELEBA_ATTRIBUTES
 
 
 def label_vector(positive: Iterable[str]) -> torch.Tensor:

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from advwm.data.references import reference_image
 from advwm.victims.base import Victim
 
 # The official CelebA-HQ tags: (tag, attributes), in the order of `translators.<i>` / `mappers.<i>`.
@@ -481,27 +482,8 @@ def load_reference(reference: str | Path | Tensor | None, image_size: int) -> Te
         if ref.dim() != 4 or ref.shape[:2] != (1, 3):
             raise ValueError(f"hisd: a reference tensor must be [3, H, W] or [1, 3, H, W], got {tuple(ref.shape)}")
         return ref.clone()
-    from advwm.data.demo import DEMO_FACES, demo_item
-    from advwm.data.transforms import preprocess
-
-    spec = DEFAULT_REFERENCE if reference is None else str(reference)
-    path = Path(spec).expanduser()
-    if path.is_file():
-        from PIL import Image
-
-        with Image.open(path) as image:
-            tensor = preprocess(image.convert("RGB"), image_size)
-    elif spec.partition("@")[0] in DEMO_FACES:
-        item = demo_item(spec)
-        tensor = preprocess(item.open(), image_size, box=item.box)
-        if item.mirror:
-            tensor = tensor.flip(-1)
-    else:
-        raise FileNotFoundError(
-            f"hisd: reference {spec!r} is neither an image file nor a demo face {sorted(DEMO_FACES)} "
-            "(CMUA used HiSD's examples/reference_glasses_2.jpg)"
-        )
-    return tensor.unsqueeze(0)
+    return reference_image(DEFAULT_REFERENCE if reference is None else reference, image_size,
+                           hint="(CMUA used HiSD's examples/reference_glasses_2.jpg)")
 
 
 def latent_codes(

@@ -1,0 +1,130 @@
+"""Break each formula on purpose and check that the test suite notices (a test that cannot fail is a defect).
+
+    python experiments/mutation_check.py            # every mutation, against the tests that should catch it
+    python experiments/mutation_check.py --list     # what is broken, and where
+
+Each mutation replaces one exact snippet of the source (it must occur exactly once, else it is reported
+as stale), runs the given tests, records CAUGHT (some test failed) or SURVIVED, and restores the file.
+Results go to outputs/mutation_check/results.md. Keep the list in step with the code: a stale pattern is
+reported, not silently skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutation:
+    title: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+ENGINE = ("tests/test_engine.py", "tests/test_steps.py", "tests/test_aggregators.py", "tests/test_regularizers.py")
+MUTATIONS = [
+    Mutation("CMUA fused step re-signed in mean mode", "advwm/attacks/scopes.py",
+             'return self.fused_step == "sign" or self.batch_reduction != "sign_mean"', "return True", ENGINE),
+    Mutation("CMUA fused step not re-signed in sign mode", "advwm/attacks/scopes.py",
+             'return self.fused_step == "sign" or self.batch_reduction != "sign_mean"',
+             'return self.batch_reduction != "sign_mean"', ENGINE),
+    Mutation("image-level fusion without the sign", "advwm/attacks/scopes.py",
+             "return per_image_grads.sign().mean(dim=0, keepdim=True)",
+             "return per_image_grads.mean(dim=0, keepdim=True)", ENGINE),
+    Mutation("model-level blend weights swapped", "advwm/attacks/aggregators/cmua.py",
+             "return self.alpha * watermark + (1.0 - self.alpha) * proposal",
+             "return (1.0 - self.alpha) * watermark + self.alpha * proposal", ENGINE),
+    Mutation("HiSD start clamped in the released loop", "advwm/attacks/reference.py",
+             "current = x_nat + up if up is not None else x_nat.clone()",
+             "current = (x_nat + up).clamp(-1, 1) if up is not None else x_nat.clone()",
+             ("tests/test_cmua_reference.py",)),
+    Mutation("eta from image 0 instead of the batch mean", "advwm/attacks/reference.py",
+             ".clamp(-eps, eps).mean(dim=0, keepdim=True)", ".clamp(-eps, eps)[:1]",
+             ("tests/test_cmua_reference.py", "tests/test_engine.py")),
+    Mutation("no random restart in the released loop", "advwm/attacks/reference.py",
+             "current = x_nat + draw(x_nat)", "current = x_nat.clone()",
+             ("tests/test_cmua_reference.py", "tests/test_engine.py")),
+    Mutation("DI2 without its random resize", "advwm/attacks/diversity.py",
+             "rh = self._randint(height, h_max - 1, generator)  # [H, H * rate)",
+             "rh = height; self._randint(height, h_max - 1, generator)", ENGINE),
+    Mutation("DI2 drawn once per chunk", "advwm/attacks/diversity.py",
+             "return self.diversity.apply(chunk, [self.draws[k][b] for k, b in pairs])",
+             "return self.diversity.apply(chunk, [self.draws[pairs[0][0]][pairs[0][1]]] * len(pairs))", ENGINE),
+    Mutation("BIM starts like PGD", "advwm/attacks/steps.py",
+             "step_size: float = 0.01, start_radius: float = IFGSM_START_RADIUS",
+             "step_size: float = 0.01, start_radius: float | None = None", ENGINE),
+    Mutation("BIM config starts like PGD", "conf/attack/ifgsm.yaml", "start_radius: 0.001", "start_radius: ${eps}",
+             ("tests/test_end_to_end.py::test_bim_and_pgd_rows_of_cmua_table_3_craft_different_watermarks",)),
+    Mutation("APGD returns its last iterate", "advwm/attacks/steps.py", '                p.copy_(state["best"])',
+             "                pass", ENGINE),
+    Mutation("penalty zeta 0.01", "advwm/attacks/regularizers.py", "def __init__(self, zeta: float = 1e-8) -> None:",
+             "def __init__(self, zeta: float = 0.01) -> None:", ENGINE),
+    Mutation("penalty zeta 0.01 in the config", "conf/regularizer/penalty.yaml", "zeta: 1.0e-8", "zeta: 0.01",
+             ("tests/test_configs.py",)),
+    Mutation("iterative modes count across batches", "advwm/attacks/scopes.py",
+             "return repetition  # t restarts with every batch", "return iteration  # t restarts with every batch",
+             ENGINE),
+    Mutation("MGDA weights not normalised to the simplex", "advwm/attacks/min_norm.py",
+             "new_alpha = [a / total for a in new_alpha]", "new_alpha = [a for a in new_alpha]",
+             ("tests/test_aggregators.py",)),
+    Mutation("CDMAA presets take the first faces", "conf/data/celeba_cdmaa.yaml", "sample: random", "sample: first",
+             ("tests/test_configs.py",)),
+    Mutation("resume restarts the data at the first batch", "advwm/data/base.py",
+             "sampler.start = self._iterations_done() % max(len(sampler), 1)", "sampler.start = 0",
+             ("tests/test_resume.py::test_a_resumed_run_equals_the_uninterrupted_one",)),
+    Mutation("resume forgets the faces judged", "advwm/callbacks/evaluation.py",
+             "        if not state_dict or self.judge is None:\n            return", "        return",
+             ("tests/test_resume.py::test_a_resumed_run_equals_the_uninterrupted_one",)),
+]
+
+
+def run(mutation: Mutation) -> tuple[str, list[str]]:
+    path = REPO / mutation.path
+    original = path.read_text()
+    if original.count(mutation.old) != 1:
+        return "STALE", [f"pattern found {original.count(mutation.old)} times"]
+    path.write_text(original.replace(mutation.old, mutation.new))
+    try:
+        env = {**os.environ, "WANDB_MODE": "offline"}
+        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-W", "ignore",
+                                 *mutation.tests], cwd=REPO, capture_output=True, text=True, env=env)
+        failed = [line.split(" ")[1] for line in result.stdout.splitlines() if line.startswith("FAILED")]
+        return ("CAUGHT" if result.returncode else "SURVIVED"), failed
+    finally:
+        path.write_text(original)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--list", action="store_true", help="list the mutations and exit")
+    parser.add_argument("-k", default="", help="only mutations whose title contains this")
+    options = parser.parse_args(argv)
+    chosen = [m for m in MUTATIONS if options.k in m.title]
+    if options.list:
+        for m in chosen:
+            print(f"{m.title}: {m.path}")
+        return 0
+    lines = ["| mutation | outcome | failing test |", "|---|---|---|"]
+    survived = 0
+    for mutation in chosen:
+        outcome, failed = run(mutation)
+        survived += outcome != "CAUGHT"
+        lines.append(f"| {mutation.title} | {outcome} | {failed[0] if failed else ''} |")
+        print(lines[-1], flush=True)
+    out = REPO / "outputs" / "mutation_check"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
