@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from advwm.attacks.chunking import MicroBatch, as_chunker
 from advwm.attacks.losses import distortion
 from advwm.attacks.min_norm import min_norm_weights_batched
 
@@ -38,19 +39,21 @@ def stack_conditions(conditions: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat(list(conditions), dim=0)
 
 
-def chunks(total: int, size: int | None) -> list[slice]:
-    size = total if not size or size <= 0 else size
-    return [slice(start, min(start + size, total)) for start in range(0, total, size)]
-
-
 @torch.no_grad()
 def clean_outputs(victim: torch.nn.Module, x: torch.Tensor, conditions: Sequence[torch.Tensor],
-                  micro_batch: int | None) -> list[torch.Tensor]:
-    """G(x, c_k) for every condition, computed once per batch (the fixed targets of the distortion)."""
+                  micro_batch: MicroBatch) -> list[torch.Tensor]:
+    """G(x, c_k) for every condition, computed once per batch (the fixed targets of the distortion), in the
+    dtype of x (under autocast the victim computes in bf16; its outputs are kept in fp32)."""
     batch = x.shape[0]
     inputs = x.repeat(len(conditions), 1, 1, 1)
     stacked = stack_conditions(conditions)
-    outputs = torch.cat([victim(inputs[s], stacked[s]) for s in chunks(inputs.shape[0], micro_batch)])
+    pieces: dict[int, torch.Tensor] = {}
+
+    def forward(rows: slice) -> None:
+        pieces[rows.start] = victim(inputs[rows], stacked[rows]).to(x.dtype)
+
+    as_chunker(micro_batch).run(inputs.shape[0], forward)
+    outputs = torch.cat([pieces[start] for start in sorted(pieces)])
     return list(outputs.split(batch))
 
 
@@ -59,16 +62,16 @@ def stacked_gradients(
     protected: torch.Tensor,
     conditions: Sequence[torch.Tensor],
     targets: Sequence[torch.Tensor],
-    micro_batch: int | None,
+    micro_batch: MicroBatch,
     transform: Transform | None = None,
     condition_ids: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-condition, per-image gradients [K,B,3,H,W] and losses [K,B] of the distortion.
 
-    `micro_batch` bounds how many (image, condition) pairs run through the victim at once; a victim that
-    cannot mix conditions in one batch is given micro_batch = B by the caller. `transform` (input
-    diversity) sees each row's (condition id, image) pair; `condition_ids` names the given conditions
-    (default 0..K-1), so a pair keeps its transform whichever conditions a mode selects.
+    `micro_batch` bounds how many (image, condition) pairs run through the victim at once (a number, None
+    for all, or a `Chunker`); a victim that cannot mix conditions in one batch is given at most B by the
+    caller. `transform` (input diversity) sees each row's (condition id, image) pair; `condition_ids` names
+    the given conditions (default 0..K-1), so a pair keeps its transform whichever conditions a mode selects.
     """
     k, batch = len(conditions), protected.shape[0]
     ids = list(condition_ids) if condition_ids is not None else list(range(k))
@@ -78,7 +81,8 @@ def stacked_gradients(
     stacked_targets = torch.cat(list(targets), dim=0)
     grads = torch.empty_like(inputs)
     losses = torch.empty(inputs.shape[0], device=inputs.device, dtype=inputs.dtype)
-    for part in chunks(inputs.shape[0], micro_batch):
+
+    def gradient(part: slice) -> None:
         chunk = inputs[part].clone().requires_grad_(True)
         fed = transform(chunk, pairs[part]) if transform is not None else chunk
         with torch.enable_grad():
@@ -86,6 +90,8 @@ def stacked_gradients(
             (grad,) = torch.autograd.grad(loss.sum(), chunk)
         grads[part] = grad
         losses[part] = loss.detach()
+
+    as_chunker(micro_batch).run(inputs.shape[0], gradient)
     return grads.view(k, batch, *protected.shape[1:]), losses.view(k, batch)
 
 
@@ -95,7 +101,7 @@ def stacked_losses(
     protected: torch.Tensor,
     conditions: Sequence[torch.Tensor],
     targets: Sequence[torch.Tensor],
-    micro_batch: int | None,
+    micro_batch: MicroBatch,
 ) -> torch.Tensor:
     """Per-condition, per-image losses [K,B] at `protected`, forward only (no transform)."""
     fakes = clean_outputs(victim, protected, conditions, micro_batch)
@@ -121,7 +127,7 @@ class CrossDomain:
         conditions: Sequence[torch.Tensor],
         targets: Sequence[torch.Tensor],
         step: int,
-        micro_batch: int | None = None,
+        micro_batch: MicroBatch = None,
         transform: Transform | None = None,
     ) -> VictimGradient:
         """The victim's per-image gradient and loss under this mode; `step` counts this perturbation's
@@ -139,7 +145,7 @@ class CrossDomain:
         conditions: Sequence[torch.Tensor],
         targets: Sequence[torch.Tensor],
         step: int,
-        micro_batch: int | None = None,
+        micro_batch: MicroBatch = None,
     ) -> torch.Tensor:
         """The per-image loss [B] under this mode at `protected`, without a backward (APGD's last point)."""
         chosen = self.selected(step, len(conditions))

@@ -9,12 +9,19 @@ mode, input diversity, micro-batching, the non-finite check), `victim_loss`, `sc
 
 The victims are frozen and deliberately *not* registered as submodules: checkpoints then hold only the
 perturbation and the attack's state, and DDP sees a single parameter.
+
+Precision: with `trainer.precision=bf16-mixed` Lightning runs `training_step` under autocast. Only the
+victims' forwards and backwards keep it (`victim_precision`); everything else (the perturbation, the base
+attack's state, the aggregators' arithmetic, MGDA's Gram matrices, the projection, the released CMUA loop)
+runs with autocast off in fp32, and the victims' outputs, losses and gradients come back in fp32
+(`advwm.attacks.domains`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -22,6 +29,7 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 
 from advwm.attacks.aggregators.base import Aggregator, Iteration
+from advwm.attacks.chunking import Chunker, CudaMemory, DeviceMemory, FixedChunks, MemoryAwareChunks
 from advwm.attacks.diversity import PairTransform
 from advwm.attacks.domains import CrossDomain, VictimGradient, clean_outputs
 from advwm.attacks.losses import NonFiniteLossError
@@ -31,6 +39,17 @@ from advwm.attacks.steps import BaseAttack, SignStepAttack
 from advwm.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+# trainer.precision values the attack supports: fp32, or bf16 autocast of the victims. 16-mixed would need a
+# gradient scaler that the attack's own autograd.grad calls bypass; *-true would cast the perturbation itself.
+PRECISIONS = ("32-true", "32", "bf16-mixed")
+
+
+def check_precision(precision: object) -> None:
+    """Refuse a trainer.precision the attack cannot run correctly (one line saying what to use)."""
+    if str(precision) not in PRECISIONS:
+        raise ConfigError(f"trainer.precision={precision} is not supported by the attack: use 32-true (default) or "
+                          "bf16-mixed (bf16 autocast of the victims; the perturbation stays fp32)")
 
 
 class WatermarkAttack(LightningModule):
@@ -56,6 +75,8 @@ class WatermarkAttack(LightningModule):
         micro_batches: Mapping[str, int | str | None] | None = None,
         seed: int = 0,
         signature: Mapping[str, Any] | None = None,
+        memory: DeviceMemory | None = None,
+        memory_margin: float = 0.2,
     ) -> None:
         super().__init__()
         if not victims:
@@ -74,6 +95,10 @@ class WatermarkAttack(LightningModule):
         self.seed = int(seed)
         self.step_scales = {v.name: float((step_scales or {}).get(v.name, 1.0)) for v in self.victims}
         self.micro_batches = dict(micro_batches or {})
+        self.memory = memory  # None: the CUDA device's own (torch.cuda), read when `auto` needs it
+        self.memory_margin = float(memory_margin)
+        self._chunkers: dict[tuple[str, str], Chunker] = {}
+        self._victim_autocast: tuple[str, torch.dtype] | None = None
         self.signature = dict(signature or {})
         self.perturbation = torch.nn.Parameter(torch.zeros(scope.rows(batch_size), 3, image_size, image_size))
         self.register_buffer("started", torch.tensor(False))
@@ -100,6 +125,7 @@ class WatermarkAttack(LightningModule):
         return int(epochs) * len(datamodule.train_dataloader())
 
     def on_fit_start(self) -> None:
+        check_precision(self.trainer.precision)
         for victim in self.victims:
             victim.to(self.device)
 
@@ -150,27 +176,58 @@ class WatermarkAttack(LightningModule):
         """x + delta, kept in the valid image range [-1, 1]."""
         return (x + self.perturbation).clamp(-1.0, 1.0)
 
-    def micro_batch(self, victim: torch.nn.Module, batch: int) -> int | None:
-        """How many (image, condition) pairs go through `victim` at once (None = all of them).
+    def micro_batch(self, victim: torch.nn.Module, batch: int, purpose: str = "gradient") -> Chunker:
+        """How the (image, condition) pairs go through `victim`: a `Chunker` (advwm.attacks.chunking).
 
-        "auto": one at a time on the CPU, everything stacked on an accelerator. On the 2-core CPU the
-        benchmark (experiments/bench.py) measured one-at-a-time fastest for StarGAN and AttGAN (1.6x and
-        1.8x the reference loop; stacking all conditions: 0.9x and 1.4x); stacking fills a GPU better.
+        A number N: N pairs at a time; None: all at once. "auto": one pair at a time on the CPU (the 2-core
+        benchmark, experiments/bench.py, measured that fastest: 1.6x and 1.8x the reference loop for StarGAN
+        and AttGAN; stacking all conditions 0.9x and 1.4x); on a CUDA device (or with an injected `memory`)
+        as many pairs as the free memory holds, probed once per victim and `purpose` ("gradient": forward
+        and backward; "forward": no graph, far less memory), halved and remembered on out-of-memory; on
+        other accelerators all pairs at once. A victim that cannot stack conditions gets at most `batch`.
         """
         size = self.micro_batches.get(victim.name, "auto")
+        limit = None if getattr(victim, "stackable", True) else batch
+        if size == "auto" and (self.memory is not None or self.device.type == "cuda"):
+            key = (victim.name, purpose)
+            if key not in self._chunkers:
+                memory = self.memory if self.memory is not None else CudaMemory(self.device)
+                self._chunkers[key] = MemoryAwareChunks(victim.name, memory, margin=self.memory_margin, limit=limit,
+                                                        purpose=purpose)
+            return self._chunkers[key]
         if size == "auto":
             size = 1 if self.device.type == "cpu" else None
-        if not getattr(victim, "stackable", True):
-            size = min(size or batch, batch)
-        return size
+            if (victim.name, "auto") not in self._chunkers:  # said once per victim
+                self._chunkers[(victim.name, "auto")] = FixedChunks(size)
+                log.info("victim %s: micro_batch auto -> %s on %s", victim.name,
+                         "one (image, condition) pair at a time" if size else "all pairs at once", self.device.type)
+        return FixedChunks(size, limit=limit, name=victim.name)
+
+    @contextlib.contextmanager
+    def victim_precision(self) -> Iterator[None]:
+        """The autocast Lightning set around training_step (trainer.precision=bf16-mixed), for victim calls only."""
+        if self._victim_autocast is None:
+            yield
+            return
+        device_type, dtype = self._victim_autocast
+        with torch.autocast(device_type, dtype=dtype):
+            yield
+
+    @staticmethod
+    def _ambient_autocast(device_type: str) -> tuple[str, torch.dtype] | None:
+        """(device type, dtype) of the autocast in force, if any (Lightning's precision plugin sets it)."""
+        if not torch.is_autocast_enabled(device_type):
+            return None
+        return device_type, torch.get_autocast_dtype(device_type)
 
     def victim_gradient(self, j: int, iteration: Iteration) -> VictimGradient:
         """Victim j's per-image gradient and loss at the current perturbation under the cross-domain mode."""
         victim, x = self.victims[j], iteration.x
         transform = self._diversity_for(j, x, len(iteration.conditions[j]))
-        result = self.domains.gradient(victim, self.protect(x).detach(), iteration.conditions[j],
-                                       iteration.targets[j], iteration.step, self.micro_batch(victim, x.shape[0]),
-                                       transform)
+        protected = self.protect(x).detach()
+        with self.victim_precision():
+            result = self.domains.gradient(victim, protected, iteration.conditions[j], iteration.targets[j],
+                                           iteration.step, self.micro_batch(victim, x.shape[0]), transform)
         if not torch.isfinite(result.loss).all() or not torch.isfinite(result.grad).all():
             raise NonFiniteLossError(f"victim {victim.name} produced a non-finite loss or gradient at iteration "
                                      f"{self.iteration} (check its checkpoint and the input images)")
@@ -179,8 +236,10 @@ class WatermarkAttack(LightningModule):
     def victim_loss(self, j: int, iteration: Iteration) -> torch.Tensor:
         """Victim j's per-image loss at the current perturbation, forward only (no input diversity)."""
         victim, x = self.victims[j], iteration.x
-        return self.domains.loss(victim, self.protect(x), iteration.conditions[j], iteration.targets[j],
-                                 iteration.step, self.micro_batch(victim, x.shape[0]))
+        protected = self.protect(x)
+        with self.victim_precision():
+            return self.domains.loss(victim, protected, iteration.conditions[j], iteration.targets[j],
+                                     iteration.step, self.micro_batch(victim, x.shape[0], "forward"))
 
     def _diversity_for(self, j: int, x: torch.Tensor, conditions: int) -> PairTransform | None:
         """This step's DI2 transforms for victim j, one per (condition, image) pair, seeded by (seed, step, j)
@@ -201,10 +260,17 @@ class WatermarkAttack(LightningModule):
         for victim in self.victims:
             conds = [c.to(self.device) for c in victim.conditions(labels)]
             conditions.append(conds)
-            targets.append(clean_outputs(victim, x, conds, self.micro_batch(victim, x.shape[0])))
+            with self.victim_precision():
+                targets.append(clean_outputs(victim, x, conds, self.micro_batch(victim, x.shape[0], "forward")))
         return conditions, targets
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        """One attack iteration; any autocast Lightning set is kept for the victims' calls only."""
+        self._victim_autocast = self._ambient_autocast(self.device.type)
+        with torch.autocast(self.device.type, enabled=False):
+            return self._iteration_step(batch, batch_idx)
+
+    def _iteration_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x, labels = batch["image"], batch["labels"]
         repeats = self.aggregator.repeats(self.attack.iterations)
         repetition, batch_number = batch_idx % repeats, batch_idx // repeats

@@ -111,7 +111,7 @@ class Judge:
         protected = module.protect(x)
         for victim in self.victims:
             conditions = [c.to(module.device) for c in victim.conditions(labels)]
-            micro = module.micro_batch(victim, x.shape[0])
+            micro = module.micro_batch(victim, x.shape[0], "forward")
             fakes = clean_outputs(victim, x, conditions, micro)
             fakes_protected = clean_outputs(victim, protected, conditions, micro)
             for name, fake, fake_protected in zip(victim.condition_names, fakes, fakes_protected, strict=True):
