@@ -15,7 +15,6 @@ from typing import Any
 
 import hydra
 import lightning.pytorch as pl
-import torch
 from hydra.errors import InstantiationException
 from lightning.pytorch.callbacks import Callback, ProgressBar
 from omegaconf import DictConfig, OmegaConf
@@ -25,6 +24,7 @@ from advwm.callbacks import EvaluationCallback, WatermarkExport
 from advwm.errors import ConfigError
 from advwm.loggers import build_loggers, finish, log_results, say
 from advwm.victims import CheckpointNotFoundError, Victim, build_victim, get_spec
+from advwm.victims.execution import apply_execution, check_precision
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +99,10 @@ def build_victims(cfg: DictConfig) -> list[ResolvedVictim]:
                                   image_size=int(cfg.image_size), **(_plain(entry.get("options")) or {}))
         except (ValueError, TypeError) as error:  # a wrong arch/option/size: say which victim's config
             raise ConfigError(f"victims.{name}: {error}") from error
-        if entry.get("compile", False):
-            # experiments/bench.py --compile on the 2-core CPU: no gain (StarGAN 1.15 vs 1.09 s, AttGAN 0.30 vs
-            # 0.30 s per image-condition, after 12-55 s of compiling); an option for accelerators, unmeasured here
-            victim.network = torch.compile(victim.network)
+        # experiments/bench.py on the 2-core CPU: neither option pays there (README, Speed); on a GPU they are the
+        # fast path with trainer.precision=bf16-mixed (experiment=gpu_fast)
+        apply_execution(victim, channels_last=bool(entry.get("channels_last", False)),
+                        compile=bool(entry.get("compile", False)))
         resolved.append(ResolvedVictim(victim, weights, checkpoint))
         log.info("victim %s: %s weights%s, %d conditions", name, weights,
                  f" from {checkpoint}" if checkpoint else "", len(victim.condition_names))
@@ -208,6 +208,9 @@ def craft(cfg: DictConfig) -> dict[str, Any]:
     (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     pl.seed_everything(int(cfg.seed), workers=True)
 
+    if cfg.get("execution") is not None:
+        instantiate_group(cfg, "execution")  # a wrong precision: one line, before any work
+    check_precision(cfg.trainer.get("precision", "32-true"))
     resolved = build_victims(cfg)
     random_names = [r.victim.name for r in resolved if r.weights == "random"]
     random_note = RANDOM_WEIGHTS_NOTE.format(names=", ".join(random_names)) if random_names else None

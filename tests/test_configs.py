@@ -11,9 +11,11 @@ from hydra.utils import instantiate
 from advwm.attacks import Aggregator, BaseAttack, Regularizer, Scope
 from advwm.attacks.domains import CrossDomain
 from advwm.callbacks.evaluation import MetricSettings
+from advwm.victims.execution import ExecutionSettings
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = ["attack", "aggregator", "domains", "regularizer", "scope", "data", "trainer", "logger", "experiment"]
+GROUPS = ["attack", "aggregator", "domains", "regularizer", "scope", "data", "trainer", "logger", "experiment",
+          "execution"]
 CHOICES = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
 
 
@@ -45,7 +47,7 @@ def test_every_config_file_starts_with_a_purpose_comment_and_an_example(path: Pa
 
 # Each group's choices build an instance of its class, by `_target_` (one file, one class).
 BUILDS = {"aggregator": Aggregator, "domains": CrossDomain, "regularizer": Regularizer, "attack": BaseAttack,
-          "scope": Scope, "metrics": MetricSettings}
+          "scope": Scope, "metrics": MetricSettings, "execution": ExecutionSettings}
 BUILT = [(group, path.stem) for group in BUILDS for path in sorted((CONF / group).glob("*.yaml"))]
 
 
@@ -143,3 +145,16 @@ def test_victims_override_reaches_each_victim() -> None:
                        "victims.attgan.step_scale=2.5")
     assert cfg.victims.stargan.checkpoint == "/x.ckpt"
     assert cfg.victims.attgan.weights == "random" and cfg.victims.attgan.step_scale == 2.5
+
+
+def test_gpu_fast_composes_with_a_paper_preset_and_reaches_every_victim_and_the_trainer() -> None:
+    fast = compose_with("experiment=cmua_table3", "execution=gpu_fast")
+    assert fast.trainer.precision == "bf16-mixed" and fast.data.batch_size == 64
+    assert set(fast.victims) == {"stargan", "aggan", "attgan", "hisd"}
+    for entry in fast.victims.values():
+        assert entry.compile is True and entry.channels_last is True and entry.micro_batch == "auto"
+    own = compose_with("experiment=cmua_table3", "execution=gpu_fast", "victims.hisd.compile=false")
+    assert own.victims.hisd.compile is False and own.victims.stargan.compile is True
+    default = compose_with("+victims=[stargan,attgan]")
+    assert default.trainer.precision == "32-true"
+    assert all(e.compile is False and e.channels_last is False for e in default.victims.values())

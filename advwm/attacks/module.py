@@ -37,20 +37,9 @@ from advwm.attacks.regularizers import Regularizer
 from advwm.attacks.scopes import Scope
 from advwm.attacks.steps import BaseAttack, SignStepAttack
 from advwm.errors import ConfigError
+from advwm.victims.execution import check_precision
 
 log = logging.getLogger(__name__)
-
-# trainer.precision values the attack supports: fp32, or bf16 autocast of the victims. 16-mixed would need a
-# gradient scaler that the attack's own autograd.grad calls bypass; *-true would cast the perturbation itself.
-PRECISIONS = ("32-true", "32", "bf16-mixed")
-
-
-def check_precision(precision: object) -> None:
-    """Refuse a trainer.precision the attack cannot run correctly (one line saying what to use)."""
-    if str(precision) not in PRECISIONS:
-        raise ConfigError(f"trainer.precision={precision} is not supported by the attack: use 32-true (default) or "
-                          "bf16-mixed (bf16 autocast of the victims; the perturbation stays fp32)")
-
 
 class WatermarkAttack(LightningModule):
     """Crafts a universal watermark ([1,3,H,W]) or per-image perturbations ([B,3,H,W]) against victims.
