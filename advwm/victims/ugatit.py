@@ -29,16 +29,26 @@ def container_key(direction: str) -> str:
     return f"gen{direction}"
 
 
-def _instance_stats(x: Tensor, eps: float) -> Tensor:
-    mean = x.mean(dim=(2, 3), keepdim=True)
-    var = x.var(dim=(2, 3), keepdim=True)  # unbiased, as the reference
-    return (x - mean) / torch.sqrt(var + eps)
+def _instance_layer_affine(x: Tensor, rho: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """rho * IN(x) + (1 - rho) * LN(x) written as x * a + b, with a and b of shape [N, C, 1, 1].
 
-
-def _layer_stats(x: Tensor, eps: float) -> Tensor:
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    var = x.var(dim=(1, 2, 3), keepdim=True)
-    return (x - mean) / torch.sqrt(var + eps)
+    The reference computes IN(x) = (x - m_i) / sqrt(v_i + eps) and LN(x) = (x - m_l) / sqrt(v_l + eps) (unbiased
+    variances over H*W, and over C*H*W) as separate full-size tensors and blends them: about ten passes over the
+    feature map forward and more backward, 55% of U-GAT-IT's CPU time (torch.profiler, 256 px). The same
+    function is x * (rho s_i + (1 - rho) s_l) - (rho m_i s_i + (1 - rho) m_l s_l) with s = 1/sqrt(v + eps): one
+    pass for the per-channel statistics (var_mean), one for the affine map. The layer statistics come from the
+    channels' by the parallel-variance formula (exact, no cancellation): m_l = mean_c m_i and
+    (CHW - 1) v_l = sum_c [(HW - 1) v_i + HW (m_i - m_l)^2].
+    """
+    n, c, h, w = x.shape
+    hw = h * w
+    v_i, m_i = torch.var_mean(x, dim=(2, 3), keepdim=True)  # unbiased, as the reference
+    m_l = m_i.mean(dim=1, keepdim=True)
+    v_l = ((hw - 1) * v_i + hw * (m_i - m_l).square()).sum(dim=1, keepdim=True) / (c * hw - 1)
+    s_i, s_l = torch.rsqrt(v_i + eps), torch.rsqrt(v_l + eps)
+    scale = rho * s_i + (1 - rho) * s_l
+    offset = -(rho * m_i * s_i + (1 - rho) * m_l * s_l)
+    return scale, offset
 
 
 class adaILN(nn.Module):  # noqa: N801  (official class name)
@@ -50,8 +60,9 @@ class adaILN(nn.Module):  # noqa: N801  (official class name)
         self.rho = nn.Parameter(torch.full((1, num_features, 1, 1), 0.9))
 
     def forward(self, x: Tensor, gamma: Tensor, beta: Tensor) -> Tensor:
-        out = self.rho * _instance_stats(x, self.eps) + (1 - self.rho) * _layer_stats(x, self.eps)
-        return out * gamma[:, :, None, None] + beta[:, :, None, None]
+        scale, offset = _instance_layer_affine(x, self.rho, self.eps)
+        gamma, beta = gamma[:, :, None, None], beta[:, :, None, None]
+        return torch.addcmul(offset * gamma + beta, x, scale * gamma)
 
 
 class ILN(nn.Module):
@@ -65,8 +76,8 @@ class ILN(nn.Module):
         self.beta = nn.Parameter(torch.zeros(1, num_features, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.rho * _instance_stats(x, self.eps) + (1 - self.rho) * _layer_stats(x, self.eps)
-        return out * self.gamma + self.beta
+        scale, offset = _instance_layer_affine(x, self.rho, self.eps)
+        return torch.addcmul(offset * self.gamma + self.beta, x, scale * self.gamma)
 
 
 class ResnetBlock(nn.Module):
