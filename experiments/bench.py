@@ -15,8 +15,10 @@ CMUA/CDMAA code does it):
 For each: ms per image·condition·iteration, speed-up over the reference-style loop, achieved TFLOP/s (the FLOPs
 torch.utils.flop_counter.FlopCounterMode counts for the plan, eager), % of a peak (CUDA: --peak-tflops, default
 790, the H100/H200 bf16 matmul peak measured by earlier sessions; CPU: this CPU's own fp32/bf16 matmul rate,
-measured here, for the plan's dtype) and the peak memory (CUDA: max_memory_allocated; CPU: the process's peak
-RSS above its level when the plan starts). Then `--e2e-batches`: seconds per CMUA iteration (aggregator=cmua,
+measured here, for the plan's dtype) and the peak memory of the warm-up call (CUDA: max_memory_allocated; CPU:
+the process's peak RSS above its level when the call starts, a lower bound: the allocator reuses freed memory).
+The plans are timed round-robin (`--iterations` rounds, the median), so a change of the machine's load hits
+every plan alike. Then `--e2e-batches`: seconds per CMUA iteration (aggregator=cmua,
 PGD, universal) through Lightning with the four CMUA victims (`--e2e-victims`), fp32 and the fast path.
 
     python experiments/bench.py                                   # stargan + attgan, 256 px, batch 2, CPU
@@ -150,19 +152,6 @@ def count_flops(fn: Callable[[], object]) -> int:
     return int(counter.get_total_flops())
 
 
-def timed(fn: Callable[[], object], iterations: int, device: torch.device) -> list[float]:
-    """Seconds of each of `iterations` calls, after one warm-up call (allocator, kernels, probe, compilation)."""
-    fn()
-    times = []
-    for _ in range(iterations):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return times
-
-
 # ---- per-victim plans ------------------------------------------------------------------------------------
 def make_victim(name: str, size: int, device: torch.device, tiny: bool) -> torch.nn.Module:
     return build_victim(name, checkpoint=None, image_size=size, arch=TINY_ARCH[name] if tiny else {}).to(device)
@@ -254,23 +243,34 @@ def bench_victim(name: str, size: int, batch: int, iterations: int, device: torc
     flops = {"reference": count_flops(plans[0].run),
              "frozen": count_flops(lambda: frozen_input_gradient(victim, protected, conditions, targets))}
     rows: dict[str, dict] = {}
-    for plan in plans:
-        started = time.perf_counter()
+    times: dict[str, list[float]] = {}
+    peaks_mib: dict[str, float] = {}
+    for plan in plans:  # warm-up (allocator, kernels, auto's probe, compilation) and the peak memory of one call
         try:
             with PeakMemory(device) as peak:
-                times = timed(plan.run, iterations, device)
+                plan.run()
+                sync(device)
         except torch.OutOfMemoryError as error:
             rows[plan.name] = {"error": f"out of memory: {str(error).splitlines()[0][:200]}"}
             print(f"{name:8s} {plan.name:42s} OUT OF MEMORY", flush=True)
             continue
-        seconds = statistics.median(times)
+        times[plan.name], peaks_mib[plan.name] = [], peak.mib or 0.0
+    live = [p for p in plans if p.name in times]
+    for _ in range(iterations):  # round-robin: a change of the machine's load hits every plan alike
+        for plan in live:
+            sync(device)
+            start = time.perf_counter()
+            plan.run()
+            sync(device)
+            times[plan.name].append(time.perf_counter() - start)
+    for plan in live:
+        seconds = statistics.median(times[plan.name])
         tflops = flops[plan.flops] / seconds / 1e12
         peak_tflops = peaks.get(plan.dtype, peaks.get("bf16"))
         row = {"seconds_per_iteration": round(seconds, 4), "ms_per_pair": round(1000 * seconds / units, 3),
-               "times": [round(t, 4) for t in times], "flops_per_iteration": flops[plan.flops],
+               "times": [round(t, 4) for t in times[plan.name]], "flops_per_iteration": flops[plan.flops],
                "tflops": round(tflops, 3), "percent_of_peak": round(100 * tflops / peak_tflops, 2),
-               "peak_memory_mib": round(peak.mib or 0.0, 1),
-               "wall_s_with_warmup": round(time.perf_counter() - started, 1)}
+               "peak_memory_mib": round(peaks_mib[plan.name], 1)}
         if isinstance(plan.chunker, MemoryAwareChunks):
             row["chunk"] = plan.chunker.size
             row["chunk_halvings"] = plan.chunker.halvings
@@ -395,7 +395,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--victims", nargs="*", default=["stargan", "attgan"])
     parser.add_argument("--size", "--image-size", dest="size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--iterations", type=int, default=2, help="timed iterations per plan (after 1 warm-up)")
+    parser.add_argument("--iterations", type=int, default=3, help="timed rounds: each plan once per round, "
+                        "round-robin, after one warm-up call each; the median is reported")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="outputs/bench")
     parser.add_argument("--plans", nargs="*", help="only plans whose name contains one of these (the reference "
