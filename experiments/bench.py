@@ -338,8 +338,7 @@ def cmua_iteration(names: list[str], batch: int, size: int, steps: int, warmup: 
     except torch.OutOfMemoryError as error:
         return {"error": f"out of memory: {str(error).splitlines()[0][:200]}"}
     timed_steps = timer.seconds[warmup:]
-    chunks = {f"{n}/{purpose}": c.size for (n, purpose), c in module._chunkers.items()
-              if isinstance(c, MemoryAwareChunks)}
+    chunks = module.chunk_sizes()
     return {"seconds_per_iteration": round(statistics.median(timed_steps), 3) if timed_steps else None,
             "steps": [round(s, 3) for s in timer.seconds], "warmup_steps": warmup,
             "peak_memory_mib": round(peak.mib or 0.0, 1), "chunks": chunks,
@@ -433,12 +432,13 @@ def main(argv: list[str] | None = None) -> dict:
               flush=True)
     compile_plan = (device.type == "cuda" and not args.no_compile) or args.compile
     results["victims"] = {}
+    results["cmua_end_to_end"] = []
     for name in args.victims:
         with section(f"{name}: {args.batch} images at {args.size} px"):
             results["victims"][name] = bench_victim(name, args.size, args.batch, args.iterations, device,
                                                     compile_plan=compile_plan, tiny=args.tiny,
                                                     peaks=results["peaks_tflops"], plan_filter=args.plans)
-    results["cmua_end_to_end"] = []
+            save(results, Path(args.out))
     for batch in args.e2e_batches:
         for plan in args.e2e_plans:
             precision, channels_last, compile_network = E2E_PLANS[plan]
@@ -450,14 +450,20 @@ def main(argv: list[str] | None = None) -> dict:
                 print(json.dumps(result), flush=True)
             results["cmua_end_to_end"].append({"victims": list(args.e2e_victims), "batch": batch, "image_size": size,
                                                "plan": plan, "result": result})
+            save(results, Path(args.out))
+    save(results, Path(args.out))
+    print(f"wrote {Path(args.out) / 'bench.json'} and {Path(args.out) / 'bench.md'}")
+    return results
+
+
+def save(results: dict, out: Path) -> None:
+    """Write what is measured so far (after every victim and every end-to-end run: a run stopped by a time limit
+    keeps its finished part)."""
     with contextlib.suppress(OSError, AttributeError):
         results["machine"]["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(results, indent=2))
     (out / "bench.md").write_text(markdown(results))
-    print(f"wrote {out / 'bench.json'} and {out / 'bench.md'}")
-    return results
 
 
 if __name__ == "__main__":

@@ -176,6 +176,7 @@ def test_engine_auto_uses_the_injected_memory_and_its_gradient_is_the_hand_compu
     assert torch.allclose(result.grad, by_hand, atol=1e-7)
     chunker = module.micro_batch(flaky, 4)
     assert isinstance(chunker, MemoryAwareChunks) and chunker.size == 3 and flaky.failures == 1  # 6 by budget -> 3
+    assert module.chunk_sizes() == {"a/gradient": 3}
 
 
 def test_cpu_auto_stays_one_pair_at_a_time_without_injected_memory() -> None:

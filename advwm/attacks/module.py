@@ -192,6 +192,12 @@ class WatermarkAttack(LightningModule):
                          "one (image, condition) pair at a time" if size else "all pairs at once", self.device.type)
         return FixedChunks(size, limit=limit, name=victim.name)
 
+    def chunk_sizes(self) -> dict[str, int | None]:
+        """`<victim>/<purpose>` -> the chunk `micro_batch: auto` settled on (memory-aware chunkers only): what
+        the log said, for benchmarks and tests."""
+        return {f"{name}/{purpose}": chunker.size for (name, purpose), chunker in self._chunkers.items()
+                if isinstance(chunker, MemoryAwareChunks)}
+
     @contextlib.contextmanager
     def victim_precision(self) -> Iterator[None]:
         """The autocast Lightning set around training_step (trainer.precision=bf16-mixed), for victim calls only."""
