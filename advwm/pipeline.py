@@ -186,6 +186,10 @@ def craft(cfg: DictConfig) -> dict[str, Any]:
     if str(cfg.scope.name) == "per_image" and str(cfg.trainer.get("strategy", "auto")).startswith("ddp"):
         raise ConfigError("per-image perturbations are not crafted under DDP: run one device per run and "
                           "parallelise over runs (multirun) instead")
+    try:  # a bad metrics option (e.g. an unknown sharing transform) stops the run before any victim is loaded
+        metric_settings = settings_from(cfg.get("metrics"))
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
     resolved = build_victims(cfg)
     random_names = [r.victim.name for r in resolved if r.weights == "random"]
     random_note = RANDOM_WEIGHTS_NOTE.format(names=", ".join(random_names)) if random_names else None
@@ -195,7 +199,7 @@ def craft(cfg: DictConfig) -> dict[str, Any]:
     repeats = 1 if module.reference_fusion else int(cfg.attack.iterations)
     datamodule = build_datamodule(cfg, repeats)
 
-    evaluation = EvaluationCallback(settings_from(cfg.get("metrics")))
+    evaluation = EvaluationCallback(metric_settings)
     export = WatermarkExport(output_dir, metadata={  # what watermark.pt says about itself (advwm.watermark_file)
         "eps": float(cfg.eps), "image_size": int(cfg.image_size),
         "victims": {r.victim.name: r.weights for r in resolved}, "config": OmegaConf.to_yaml(cfg, resolve=True)})

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -39,6 +39,7 @@ from advwm.metrics import (
     load_hyperfas,
     make_fid,
 )
+from advwm.metrics.robustness import RobustnessJudge, RobustnessThresholds, parse_transforms
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +66,13 @@ class MetricSettings:
     liveness_threshold: float = 0.99
     liveness_crop: float = 0.75  # central square crop (fraction of the side) for aligned faces
     every_n_steps: int = 0  # periodic cheap evaluation during crafting (universal scope); 0 = off
+    robustness: list[str] = field(default_factory=list)  # sharing transforms (jpeg75, resize0.5, ...): robust/<t>/...
+    robustness_per_condition: bool = False  # robust/<t>/<metric>/<victim>/<condition> too
 
     def __post_init__(self) -> None:
         if self.fid_reference not in ("clean_fakes", "clean_images"):
             raise ValueError(f"metrics.fid_reference must be clean_fakes or clean_images, got {self.fid_reference!r}")
+        self.robustness = [t.name for t in parse_transforms(self.robustness)]  # a bad name: one line, before any work
 
 
 class Judge:
@@ -99,6 +103,10 @@ class Judge:
             self.metrics["ssim"] = PerImageSSIM()
         for key, metric in self.metrics.items():
             self.metrics[key] = metric.to(device)
+        self.robustness = RobustnessJudge(  # the same metrics after sharing (metrics.robustness); None when off
+            parse_transforms(settings.robustness), victims, RobustnessThresholds(
+                settings.success_threshold, settings.mask_threshold, settings.ruiz_threshold, settings.tau),
+            device, settings.robustness_per_condition) if settings.robustness else None
         self.samples: dict[str, dict[str, torch.Tensor]] = {}
         self.images = 0
 
@@ -135,6 +143,8 @@ class Judge:
                 }
             if progress is not None:
                 progress()
+        if self.robustness is not None:
+            self.robustness.update(x, protected, labels, module.micro_batch, progress)
         if "psnr" in self.metrics:
             self.metrics["psnr"].update(protected, x)
             if min(x.shape[-2:]) >= SSIM_WINDOW:  # SSIM's Gaussian window needs at least 11x11 pixels
@@ -171,6 +181,10 @@ class Judge:
             values = [flat[f"{kind}/{v.name}"] for v in self.victims if f"{kind}/{v.name}" in flat]
             if values:
                 flat[f"{kind}/mean"] = sum(values) / len(values)
+        if self.robustness is not None:
+            flat.update(self.robustness.results(
+                (lambda t: trainer.strategy.reduce(t.to(trainer.strategy.root_device), reduce_op="sum"))
+                if distributed else None))
         images = torch.tensor(float(self.images))
         if distributed:
             images = trainer.strategy.reduce(images.to(trainer.strategy.root_device), reduce_op="sum")
@@ -233,7 +247,8 @@ class EvaluationCallback(Callback):
 
     def _periodic(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """A cheap pass on the held-out split (no FID/liveness), logged as `periodic/...` at this step."""
-        cheap = MetricSettings(**{**self.settings.__dict__, "fid": False, "liveness": False, "quality": False})
+        cheap = MetricSettings(**{**self.settings.__dict__, "fid": False, "liveness": False, "quality": False,
+                                  "robustness": []})
         judge = Judge(pl_module.victims, cheap, pl_module.device)
         for batch in trainer.datamodule.eval_dataloader():
             judge.update(pl_module, batch["image"], batch["labels"])
@@ -249,14 +264,16 @@ class EvaluationCallback(Callback):
             return
         assert self.judge is not None
         loader = trainer.datamodule.eval_dataloader()
-        with evaluation_bar(len(loader) * len(pl_module.victims), self._description()) as bar:
+        ticks = len(pl_module.victims) * (1 + len(self.settings.robustness))  # per batch: victims, then each shared
+        with evaluation_bar(len(loader) * ticks, self._description()) as bar:
             for batch in loader:
                 self.judge.update(pl_module, batch["image"], batch["labels"], bar.update)
 
     def _description(self) -> str:
         heavy = [name for name, on in (("FID", self.fid_weights is not None),
                                        ("liveness", self.liveness_model is not None)) if on]
-        return "judging (SR_mask, L2_mask" + "".join(f", {h}" for h in heavy) + ")"
+        shared = f", after {len(self.settings.robustness)} sharing transforms" if self.settings.robustness else ""
+        return "judging (SR_mask, L2_mask" + "".join(f", {h}" for h in heavy) + shared + ")"
 
     def results(self, module: LightningModule, trainer: Trainer | None = None) -> dict[str, Any]:
         """Final flat values (`sr_mask/mean`, the mean over victims, is the sweep objective)."""
