@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from advwm.attacks.aggregators import make_aggregator
 from advwm.attacks.domains import make_domains
+from advwm.attacks.eot import make_eot
 from advwm.attacks.module import AttackSettings, WatermarkAttack
 from advwm.attacks.regularizers import make_regularizer
 from advwm.callbacks import EvaluationCallback, WatermarkExport
@@ -132,6 +133,8 @@ def build_module(cfg: DictConfig, victims: list[Victim]) -> WatermarkAttack:
                               diversity_prob=float(attack_cfg.get("diversity_prob", 0.0)),
                               diversity_resize_rate=float(attack_cfg.get("diversity_resize_rate", 1.1)))
     try:
+        eot_cfg = dict(_plain(cfg.get("eot")) or {"name": "none"})
+        eot = make_eot(str(eot_cfg.pop("name", "none")), **eot_cfg)  # eot=none: None, the engine without EOT
         return WatermarkAttack(
             victims,
             aggregator=aggregator,
@@ -148,6 +151,7 @@ def build_module(cfg: DictConfig, victims: list[Victim]) -> WatermarkAttack:
             batch_reduction=str(cfg.scope.get("batch_reduction", "sign_mean")),
             fused_step=str(cfg.scope.get("fused_step", "mean")),
             seed=int(cfg.seed),
+            eot=eot,
         )
     except ValueError as error:  # a contradictory attack config: one line naming what to change
         raise ConfigError(str(error)) from error

@@ -13,7 +13,7 @@ from advwm.attacks.regularizers import make_regularizer
 from advwm.attacks.steps import BASE_ATTACKS
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = ["attack", "aggregator", "domains", "regularizer", "scope", "data", "trainer", "logger", "experiment"]
+GROUPS = ["attack", "aggregator", "domains", "regularizer", "eot", "scope", "data", "trainer", "logger", "experiment"]
 CHOICES = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
 
 

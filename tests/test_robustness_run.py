@@ -78,3 +78,24 @@ def test_the_command_line_says_a_bad_transform_in_one_line(tmp_path: Path) -> No
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("error: metrics.robustness: 'resize2': the resize factor must lie strictly")
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_eot_sharing_crafts_reproducibly_and_resumes_exactly(tmp_path: Path) -> None:
+    """Same seed: the same EOT watermark twice; different from eot=none; a resumed run draws what the
+    uninterrupted one drew (the draws follow the iteration count restored from the checkpoint)."""
+    common = [*TINY, "eot=sharing", "eot.samples=2", "data.craft=[astronaut,grace_hopper]", "data.batch_size=1",
+              "data.evaluate=[grace_hopper]"]
+    first = craft(compose_run(tmp_path / "a", [*common, "trainer.max_epochs=2"]))
+    craft(compose_run(tmp_path / "b", [*common, "trainer.max_epochs=2"]))
+    craft(compose_run(tmp_path / "plain", [*TINY, "data.craft=[astronaut,grace_hopper]", "data.batch_size=1",
+                                           "data.evaluate=[grace_hopper]", "trainer.max_epochs=2"]))
+    craft(compose_run(tmp_path / "half", [*common, "trainer.max_epochs=1"]))
+    last = tmp_path / "half" / "checkpoints" / "last.ckpt"
+    resumed = craft(compose_run(tmp_path / "resumed", [*common, "trainer.max_epochs=2", f"ckpt_path={last}"]))
+    assert first["steps"] == resumed["steps"] == 8
+    a, b, plain, again = (load_watermark(tmp_path / n / "watermark.pt").tensor for n in ("a", "b", "plain", "resumed"))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, plain)
+    assert torch.allclose(a, again, atol=1e-6)
+    assert 0 < a.abs().max() <= 0.05 + 1e-6

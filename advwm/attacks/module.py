@@ -24,6 +24,7 @@ from lightning.pytorch import LightningModule
 from advwm.attacks.aggregators import CMUAFusion, image_level_fusion
 from advwm.attacks.diversity import InputDiversity, PairTransform
 from advwm.attacks.domains import CrossDomain, clean_outputs
+from advwm.attacks.eot import SharingEOT
 from advwm.attacks.losses import NonFiniteLossError
 from advwm.attacks.reference import cmua_reference_watermark
 from advwm.attacks.regularizers import Regularizer
@@ -76,6 +77,7 @@ class WatermarkAttack(LightningModule):
         batch_reduction: str = "sign_mean",
         fused_step: str = "mean",
         seed: int = 0,
+        eot: SharingEOT | None = None,
     ) -> None:
         super().__init__()
         if scope not in SCOPES:
@@ -108,6 +110,9 @@ class WatermarkAttack(LightningModule):
         if self.reference_fusion and (attack.name != "pgd" or self.diversity is not None):
             raise ValueError("aggregator=cmua_reference replays the released code's PGD loop: use attack=pgd "
                              "(no momentum, no input diversity)")
+        self.eot = eot  # EOT over sharing transforms (advwm/attacks/eot.py); None = eot=none, the plain gradient
+        if eot is not None:
+            eot.check(attack.name, self.reference_fusion)
         rows = 1 if scope == "universal" else batch_size
         self.perturbation = torch.nn.Parameter(torch.zeros(rows, 3, image_size, image_size))
         self.register_buffer("started", torch.tensor(False))
@@ -207,8 +212,10 @@ class WatermarkAttack(LightningModule):
         victim = self.victims[j]
         micro = self.micro_batch(victim, x.shape[0])
         transform = self._diversity_for(j, x, len(cache.conditions[j]))
-        result = self.domains.gradient(victim, self.protect(x).detach(), cache.conditions[j], cache.targets[j],
-                                       self.local_step, micro, transform)
+        gradient = self.domains.gradient if self.eot is None else self.eot.around(
+            self.domains, x, seed=self.seed, step=self.iteration, victim_index=j)  # EOT: the mean over its draws
+        result = gradient(victim, self.protect(x).detach(), cache.conditions[j], cache.targets[j], self.local_step,
+                          micro, transform)
         if not torch.isfinite(result.loss).all() or not torch.isfinite(result.grad).all():
             raise NonFiniteLossError(f"victim {victim.name} produced a non-finite loss or gradient at iteration "
                                      f"{self.iteration} (check its checkpoint and the input images)")
