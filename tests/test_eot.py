@@ -16,7 +16,7 @@ from test_engine import _universal, fit
 from toys import LinearVictim, MixVictim, TensorFaces
 
 from advwm.attacks.diversity import InputDiversity, PairTransform
-from advwm.attacks.domains import UniformDomains
+from advwm.attacks.domains import UniformDomains, make_domains
 from advwm.attacks.eot import (
     SharingDraw,
     SharingEOT,
@@ -206,14 +206,17 @@ def test_the_eot_gradient_is_the_mean_over_draws_of_the_shared_distortions_gradi
     assert set(result.per_condition) == {0, 1}
 
 
-def test_identity_only_eot_reproduces_the_plain_watermark_exactly() -> None:
+@pytest.mark.parametrize("mode", ["uniform", "iterative", "single", "mgda"])
+def test_identity_only_eot_reproduces_the_plain_watermark_exactly(mode: str) -> None:
     """With every draw the identity, the shared targets are the cached G(x, c) and the mean of two equal
-    gradients is that gradient: the watermark is bit for bit the one without EOT (the averaging plumbing)."""
+    gradients is that gradient: the watermark is bit for bit the one without EOT (the averaging plumbing),
+    whichever conditions the cross-domain mode selects."""
     x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 1.8 - 0.9
     watermarks = []
     for eot in (None, SharingEOT(samples=2, mix={"identity": 1.0})):
-        module = _universal([MixVictim("a", 1.0), LinearVictim("b", 2.0)], AttackSettings("ifgsm", 0.01),
-                            iterations=3, seed=5, eot=eot)
+        module = _universal([MixVictim("a", 1.0, levels=(0.0, 1.0, 2.0)), LinearVictim("b", 2.0)],
+                            AttackSettings("ifgsm", 0.01), iterations=3, seed=5, eot=eot,
+                            domains=make_domains(mode))
         fit(module, TensorFaces(x, batch_size=2, repeats=3))
         watermarks.append(module.watermark())
     assert torch.equal(watermarks[0], watermarks[1])
