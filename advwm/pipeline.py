@@ -173,6 +173,10 @@ def metrics_table(metrics: dict[str, Any], victims: list[str]) -> str:
                      f"{metrics.get(f'l2_mask/{name}', float('nan')):>9.4f} {metrics.get(f'empty_mask/{name}', 0):>6} "
                      f"{metrics.get(f'judged/{name}', 0):>7}  {metrics.get(f'weights/{name}', '?')}")
     lines.append(f"{'mean':<12} {metrics.get('sr_mask/mean', float('nan')):>8.3f}")
+    shared = [k.split("/")[1] for k in metrics if k.startswith("robust/") and k.endswith("/sr_mask/mean")]
+    if shared:  # metrics.robustness: the mean SR_mask after each sharing transform (robust/... in metrics.json)
+        lines.append("after sharing (SR_mask, mean): " + ", ".join(
+            f"{t} {metrics[f'robust/{t}/sr_mask/mean']:.3f}" for t in shared))
     lines.append(f"eps {metrics['eps']}, {metrics['steps']} steps, {metrics['seconds']} s, "
                  f"{metrics['data/craft_images']} crafting / {metrics['data/held_out_images']} judged images"
                  + (f", {metrics['data/skipped_images']} unreadable skipped" if metrics["data/skipped_images"] else ""))

@@ -99,3 +99,15 @@ def test_eot_sharing_crafts_reproducibly_and_resumes_exactly(tmp_path: Path) -> 
     assert not torch.equal(a, plain)
     assert torch.allclose(a, again, atol=1e-6)
     assert 0 < a.abs().max() <= 0.05 + 1e-6
+
+
+def test_the_results_table_has_one_line_after_sharing() -> None:
+    from advwm.pipeline import metrics_table
+
+    metrics = {"sr_mask/stargan": 0.5, "sr_mask/mean": 0.5, "robust/jpeg75/sr_mask/mean": 0.25,
+               "robust/jpeg75/sr_mask/stargan": 0.25, "robust/resize0.5/sr_mask/mean": 0.125, "eps": 0.05,
+               "steps": 1, "seconds": 1.0, "data/craft_images": 1, "data/held_out_images": 1, "data/skipped_images": 0}
+    lines = metrics_table(metrics, ["stargan"]).splitlines()
+    assert "after sharing (SR_mask, mean): jpeg75 0.250, resize0.5 0.125" in lines
+    del metrics["robust/jpeg75/sr_mask/mean"], metrics["robust/resize0.5/sr_mask/mean"]
+    assert not any(line.startswith("after sharing") for line in metrics_table(metrics, ["stargan"]).splitlines())

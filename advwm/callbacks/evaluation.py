@@ -8,7 +8,9 @@ Per condition and pooled per victim: SR_mask and L2_mask (CMUA), Ruiz success (u
 avg_L and attack_rate (CDMAA). Pooled per victim: FID between the clean fakes and the protected fakes,
 liveness (HyperFAS ACS/TFHC) of the fakes before and after protection. Per run: PSNR/SSIM of the
 protected images against the clean ones. FID and liveness need weight files; when one is missing the
-metric is skipped and the reason is logged and kept in the results (`skipped/<metric>`).
+metric is skipped and the reason is logged and kept in the results (`skipped/<metric>`). With
+`metrics.robustness`, the success metrics again after each sharing transform (`robust/<transform>/...`,
+advwm/metrics/robustness.py).
 """
 
 from __future__ import annotations
