@@ -153,9 +153,20 @@ def build_module(cfg: DictConfig, victims: list[Victim]) -> WatermarkAttack:
             micro_batches={str(n): e.get("micro_batch") for n, e in cfg.victims.items()},
             seed=int(cfg.seed),
             signature=resume_signature(cfg),
+            eot=build_eot(cfg),
         )
     except ValueError as error:  # a contradictory attack config: one line naming what to change
         raise ConfigError(str(error)) from error
+
+
+def build_eot(cfg: DictConfig) -> Any:
+    """eot=sharing's object, or None for eot=none (the engine without EOT)."""
+    node = cfg.get("eot")
+    if node is None:
+        return None
+    if "_target_" not in node:
+        raise ConfigError(f"eot: options {sorted(node)} without eot=sharing: choose eot=sharing to set them")
+    return instantiate_group(cfg, "eot")
 
 
 def build_datamodule(cfg: DictConfig, repeats: int):
@@ -163,14 +174,12 @@ def build_datamodule(cfg: DictConfig, repeats: int):
     return instantiate_group(cfg, "data", repeats=repeats, _convert_="all")
 
 
-def build_callbacks(cfg: DictConfig, metadata: dict[str, Any]) -> list[Callback]:
-    """The callbacks group, instantiated; the export learns what watermark.pt says about itself."""
+def build_callbacks(cfg: DictConfig) -> list[Callback]:
+    """The callbacks group, instantiated (its metrics settings checked: a bad option is one line, before any
+    victim is loaded)."""
     callbacks = [c for c in (instantiate_group(cfg, "callbacks") or {}).values() if c is not None]
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a progress bar it was told not to show
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    for callback in callbacks:
-        if isinstance(callback, WatermarkExport):
-            callback.metadata = dict(metadata)
     return callbacks
 
 
@@ -194,6 +203,10 @@ def metrics_table(metrics: dict[str, Any], victims: list[str]) -> str:
                      f"{metrics.get(f'l2_mask/{name}', float('nan')):>9.4f} {metrics.get(f'empty_mask/{name}', 0):>6} "
                      f"{metrics.get(f'judged/{name}', 0):>7}  {metrics.get(f'weights/{name}', '?')}")
     lines.append(f"{'mean':<12} {metrics.get('sr_mask/mean', float('nan')):>8.3f}")
+    shared = [k.split("/")[1] for k in metrics if k.startswith("robust/") and k.endswith("/sr_mask/mean")]
+    if shared:  # metrics.robustness: the mean SR_mask after each sharing transform (robust/... in metrics.json)
+        lines.append("after sharing (SR_mask, mean): " + ", ".join(
+            f"{t} {metrics[f'robust/{t}/sr_mask/mean']:.3f}" for t in shared))
     lines.append(f"eps {metrics['eps']}, {metrics['steps']} steps, {metrics['seconds']} s, "
                  f"{metrics['data/craft_images']} crafting / {metrics['data/held_out_images']} judged images"
                  + (f", {metrics['data/skipped_images']} unreadable skipped" if metrics["data/skipped_images"] else ""))
@@ -208,6 +221,8 @@ def craft(cfg: DictConfig) -> dict[str, Any]:
     (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     pl.seed_everything(int(cfg.seed), workers=True)
 
+    callbacks = build_callbacks(cfg)
+    evaluation, export = the(callbacks, EvaluationCallback), the(callbacks, WatermarkExport)
     resolved = build_victims(cfg)
     random_names = [r.victim.name for r in resolved if r.weights == "random"]
     random_note = RANDOM_WEIGHTS_NOTE.format(names=", ".join(random_names)) if random_names else None
@@ -219,10 +234,9 @@ def craft(cfg: DictConfig) -> dict[str, Any]:
                           "parallelise over runs (multirun) instead")
     datamodule = build_datamodule(cfg, module.aggregator.repeats(module.attack.iterations))
 
-    callbacks = build_callbacks(cfg, metadata={  # what watermark.pt says about itself (advwm.watermark_file)
+    export.metadata = {  # what watermark.pt says about itself (advwm.watermark_file)
         "eps": float(cfg.eps), "image_size": int(cfg.image_size),
-        "victims": {r.victim.name: r.weights for r in resolved}, "config": OmegaConf.to_yaml(cfg, resolve=True)})
-    evaluation, export = the(callbacks, EvaluationCallback), the(callbacks, WatermarkExport)
+        "victims": {r.victim.name: r.weights for r in resolved}, "config": OmegaConf.to_yaml(cfg, resolve=True)}
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=build_loggers(cfg))
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 

@@ -24,6 +24,7 @@ from torch import Tensor
 from advwm.attacks.aggregators.base import Aggregator, Iteration
 from advwm.attacks.diversity import PairTransform
 from advwm.attacks.domains import CrossDomain, VictimGradient, clean_outputs
+from advwm.attacks.eot import SharingEOT
 from advwm.attacks.losses import NonFiniteLossError
 from advwm.attacks.regularizers import Regularizer
 from advwm.attacks.scopes import Scope
@@ -56,6 +57,7 @@ class WatermarkAttack(LightningModule):
         micro_batches: Mapping[str, int | str | None] | None = None,
         seed: int = 0,
         signature: Mapping[str, Any] | None = None,
+        eot: SharingEOT | None = None,
     ) -> None:
         super().__init__()
         if not victims:
@@ -63,6 +65,8 @@ class WatermarkAttack(LightningModule):
         if not 0 < eps <= 1:
             raise ValueError(f"eps must lie in (0, 1] (image units in [-1, 1]), got {eps}")
         aggregator.validate(attack=attack, scope=scope, victims=len(victims))
+        if eot is not None:
+            eot.check(attack=attack, aggregator=aggregator)
         self.automatic_optimization = False
         self.victims: list[torch.nn.Module] = list(victims)
         self.aggregator = aggregator
@@ -75,6 +79,7 @@ class WatermarkAttack(LightningModule):
         self.step_scales = {v.name: float((step_scales or {}).get(v.name, 1.0)) for v in self.victims}
         self.micro_batches = dict(micro_batches or {})
         self.signature = dict(signature or {})
+        self.eot = eot  # EOT over sharing transforms (advwm/attacks/eot.py); None = eot=none, the plain gradient
         self.perturbation = torch.nn.Parameter(torch.zeros(scope.rows(batch_size), 3, image_size, image_size))
         self.register_buffer("started", torch.tensor(False))
         self.iteration = 0  # iterations done in this run, a resumed one included (the data module reads it)
@@ -168,9 +173,10 @@ class WatermarkAttack(LightningModule):
         """Victim j's per-image gradient and loss at the current perturbation under the cross-domain mode."""
         victim, x = self.victims[j], iteration.x
         transform = self._diversity_for(j, x, len(iteration.conditions[j]))
-        result = self.domains.gradient(victim, self.protect(x).detach(), iteration.conditions[j],
-                                       iteration.targets[j], iteration.step, self.micro_batch(victim, x.shape[0]),
-                                       transform)
+        gradient = self.domains.gradient if self.eot is None else self.eot.around(
+            self.domains, x, seed=self.seed, step=self.iteration, victim_index=j)  # EOT: the mean over its draws
+        result = gradient(victim, self.protect(x).detach(), iteration.conditions[j], iteration.targets[j],
+                          iteration.step, self.micro_batch(victim, x.shape[0]), transform)
         if not torch.isfinite(result.loss).all() or not torch.isfinite(result.grad).all():
             raise NonFiniteLossError(f"victim {victim.name} produced a non-finite loss or gradient at iteration "
                                      f"{self.iteration} (check its checkpoint and the input images)")
@@ -209,7 +215,7 @@ class WatermarkAttack(LightningModule):
         repeats = self.aggregator.repeats(self.attack.iterations)
         repetition, batch_number = batch_idx % repeats, batch_idx // repeats
         if repetition == 0 or self._batch is None:  # a new batch, or the first step after a resume
-            self._batch = self._targets(x, labels) if self.aggregator.needs_targets else ([], [])
+            self._batch = self._targets(x, labels) if self.aggregator.uses_engine_gradients else ([], [])
         if repetition == 0:
             self.scope.start_batch(self, x, batch_number)
         iteration = Iteration(x=x, labels=labels, conditions=self._batch[0], targets=self._batch[1],
