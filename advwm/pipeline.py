@@ -6,7 +6,6 @@ or any gradient is computed, so a missing or wrong file stops the run in seconds
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from advwm import io
 from advwm.attacks.aggregators import make_aggregator
 from advwm.attacks.domains import make_domains
 from advwm.attacks.module import AttackSettings, WatermarkAttack
@@ -179,8 +179,7 @@ def craft(cfg: DictConfig) -> dict[str, Any]:
     """Craft, judge and save one watermark; returns the flat metrics (also written to metrics.json)."""
     started = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    io.write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     pl.seed_everything(int(cfg.seed), workers=True)
 
     if str(cfg.scope.name) == "per_image" and str(cfg.trainer.get("strategy", "auto")).startswith("ddp"):
@@ -210,7 +209,6 @@ def craft(cfg: DictConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = evaluation.results(module, trainer)  # collective under DDP: every process calls it
     if not trainer.is_global_zero:
         return metrics
-    grids = export.save_grids(evaluation.samples, {r.victim.name: list(r.victim.condition_names) for r in resolved})
     steps = int(module.iteration)
     metrics.update({
         "eps": float(cfg.eps),
@@ -224,7 +222,8 @@ def craft(cfg: DictConfig) -> dict[str, Any]:
         metrics[f"weights/{r.victim.name}"] = r.weights
     if random_note:
         metrics["note"] = random_note
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    io.save_json(output_dir / "metrics.json", metrics)  # before the grids: a full disk then keeps the numbers
+    grids = export.save_grids(evaluation.samples, {r.victim.name: list(r.victim.condition_names) for r in resolved})
     log_results(trainer.loggers, metrics, steps, grids, output_dir / "watermark.png")
     wandb_lines = finish(trainer.loggers)  # where each W&B run is, how to upload an offline one
 
