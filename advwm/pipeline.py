@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from advwm import io
+from advwm import io, run_folder
 from advwm.attacks.aggregators import make_aggregator
 from advwm.attacks.domains import make_domains
 from advwm.attacks.module import AttackSettings, WatermarkAttack
@@ -28,6 +28,7 @@ from advwm.callbacks.evaluation import settings_from
 from advwm.callbacks.progress import AttackProgressBar
 from advwm.callbacks.wandb_media import WatermarkSnapshots
 from advwm.loggers import build_loggers, finish, log_results, say
+from advwm.validation import check_config, check_image_size
 from advwm.victims import CheckpointNotFoundError, Victim, build_victim, get_spec
 
 log = logging.getLogger(__name__)
@@ -176,7 +177,17 @@ def metrics_table(metrics: dict[str, Any], victims: list[str]) -> str:
 
 
 def craft(cfg: DictConfig) -> dict[str, Any]:
-    """Craft, judge and save one watermark; returns the flat metrics (also written to metrics.json)."""
+    """Craft, judge and save one watermark; returns the flat metrics (also written to metrics.json).
+
+    The config is checked before any work (`advwm.validation`), and the run holds its folder's lock
+    (`advwm.run_folder`) from its first write to its end: a second run in the same folder stops at once.
+    """
+    check_config(cfg)
+    with run_folder.exclusive(Path(cfg.paths.output_dir)):
+        return _craft(cfg)
+
+
+def _craft(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)
     io.write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
@@ -186,6 +197,7 @@ def craft(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError("per-image perturbations are not crafted under DDP: run one device per run and "
                           "parallelise over runs (multirun) instead")
     resolved = build_victims(cfg)
+    check_image_size([r.victim for r in resolved], int(cfg.image_size))  # before any face is read
     random_names = [r.victim.name for r in resolved if r.weights == "random"]
     random_note = RANDOM_WEIGHTS_NOTE.format(names=", ".join(random_names)) if random_names else None
     if random_note:

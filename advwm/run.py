@@ -26,12 +26,14 @@ from advwm.data import NoImagesError
 from advwm.io import DiskFullError, disk_full_message, is_disk_full
 from advwm.loggers import to_log_file
 from advwm.pipeline import ConfigError, check_weights, craft, objective
+from advwm.run_folder import RunFolderError
+from advwm.validation import ConfigValueError, check_config
 from advwm.victims import CheckpointError, CheckpointNotFoundError
 
 # Errors whose message already says what is wrong and what to do: shown as one line, no traceback
 # (HYDRA_FULL_ERROR=1 shows the traceback, for debugging advwm itself).
-USER_ERRORS = (ConfigError, CheckpointError, CheckpointNotFoundError, NoImagesError, NonFiniteLossError,
-               DiskFullError)
+USER_ERRORS = (ConfigError, ConfigValueError, CheckpointError, CheckpointNotFoundError, NoImagesError,
+               NonFiniteLossError, RunFolderError, DiskFullError)
 DISK_FULL_ADVICE = "free some space there, or write runs elsewhere (paths.log_dir=<folder on another disk>)"
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # Lightning's start-up lines that say nothing about an advwm run on a CPU.
@@ -105,6 +107,7 @@ def main(cfg: DictConfig) -> float:
     """Craft, judge and save a watermark; return the sweep objective (mean SR_mask over victims)."""
     quiet_third_party_noise()
     try:
+        check_config(cfg)  # before the first lines: a bad value is all the run says
         if cfg.get("victims"):
             banner = weights_banner(cfg)
             print(banner, flush=True)
