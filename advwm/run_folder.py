@@ -27,10 +27,11 @@ import os
 import socket
 import sys
 import time
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
@@ -38,10 +39,11 @@ from omegaconf import DictConfig
 from advwm import io
 
 LOCK_NAME = ".advwm.lock"
+DISK_FULL_ADVICE = "free some space there, or write runs elsewhere (paths.log_dir=<folder on another disk>)"
 # Environment variables that mark a worker of a distributed run (non-zero: not the process that holds the lock).
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
 
-_held: dict[Path, IO[str]] = {}
+_held: dict[Path, int] = {}  # folder -> the open lock file descriptor
 
 
 class RunFolderError(RuntimeError):
@@ -63,33 +65,29 @@ def _key(folder: str | os.PathLike) -> Path:
 
 def unwritable_message(folder: Path, error: OSError) -> str:
     if io.is_disk_full(error):
-        return io.disk_full_message(folder / LOCK_NAME)
+        return f"{io.disk_full_message(folder / LOCK_NAME)}: {DISK_FULL_ADVICE}"
     reason = error.strerror or type(error).__name__
     return (f"cannot write the run folder {folder} ({reason}): choose a writable place with hydra.run.dir=<folder> "
             "or paths.log_dir=<folder>")
 
 
-def _holder(handle: IO[str]) -> str:
+def _holder(handle: int) -> str:
     """Who holds the lock, from the lock file's content: 'pid 12 on host, since 2026-01-02 10:00:00'."""
     try:
-        handle.seek(0)
-        info: dict[str, Any] = json.loads(handle.read() or "{}")
+        info: dict[str, Any] = json.loads(os.pread(handle, 65536, 0).decode() or "{}")
         return f"pid {info['pid']} on {info['host']}, since {info['started']}"
     except (OSError, ValueError, KeyError, TypeError):
         return "another process"
 
 
-def _describe_self(handle: IO[str]) -> None:
-    """Write this process into the lock file (best effort: a full disk stops the run at its next write)."""
+def _describe_self(handle: int) -> None:
+    """Write this process into the lock file (pid, host, start time, command: what a second run will be told).
+
+    Unbuffered writes on the descriptor: a full disk fails here, not again later when a buffer is flushed."""
     info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
             "command": " ".join(sys.argv)}
-    try:
-        handle.seek(0)
-        handle.truncate()
-        handle.write(json.dumps(info) + "\n")
-        handle.flush()
-    except OSError:
-        pass
+    os.ftruncate(handle, 0)
+    os.pwrite(handle, (json.dumps(info) + "\n").encode(), 0)
 
 
 def acquire(folder: str | os.PathLike) -> bool:
@@ -103,22 +101,26 @@ def acquire(folder: str | os.PathLike) -> bool:
         return False
     try:
         key.mkdir(parents=True, exist_ok=True)
-        handle = os.fdopen(os.open(key / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666), "r+")
+        handle = os.open(key / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as error:
         raise RunFolderError(unwritable_message(key, error)) from error
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = _holder(handle)
-        handle.close()
+        os.close(handle)
         raise RunFolderBusy(f"run folder {key} is in use by another run ({holder}): wait for it to finish, or give "
                             "this run its own folder (leave hydra.run.dir unset for a new one, or choose another)"
                             ) from None
     except OSError as error:  # e.g. ENOLCK: a network file system without locking
-        handle.close()
+        os.close(handle)
         raise RunFolderError(f"cannot lock the run folder {key} ({error.strerror}): use a local folder "
                              "(hydra.run.dir=<folder> or paths.log_dir=<folder>)") from error
-    _describe_self(handle)
+    try:
+        _describe_self(handle)
+    except OSError as error:  # a disk already full: Hydra's own files would fail next, with a traceback
+        os.close(handle)
+        raise RunFolderError(unwritable_message(key, error)) from error
     _held[key] = handle
     io.remove_temporaries(key)
     return True
@@ -129,7 +131,7 @@ def release(folder: str | os.PathLike) -> None:
     handle = _held.pop(_key(folder), None)
     if handle is not None:
         fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
+        os.close(handle)
 
 
 def held(folder: str | os.PathLike) -> bool:
@@ -148,9 +150,10 @@ def exclusive(folder: str | os.PathLike) -> Iterator[None]:
 
 
 def _stop(error: Exception) -> None:
-    """A Hydra callback's way to stop with one line (HYDRA_FULL_ERROR=1 shows the traceback instead)."""
+    """A Hydra callback's way to stop the run with one line: Hydra turns a callback's exceptions into warnings
+    and carries on, so only SystemExit stops it (HYDRA_FULL_ERROR=1 prints the traceback first)."""
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
-        raise error
+        traceback.print_exception(error)
     raise SystemExit(f"error: {error}") from None
 
 

@@ -178,6 +178,28 @@ def _used(folder: Path) -> int:
 
 
 @pytest.mark.slow
+def test_a_disk_full_before_the_run_starts_is_one_line_too(tmp_path: Path) -> None:
+    disk = tmp_path / "disk"
+    _mount_tmpfs(disk, 64 << 10)
+    try:
+        with pytest.raises(OSError) as full:  # fill it up
+            with (disk / "filler").open("wb") as filler:
+                while True:
+                    filler.write(b"x" * 4096)
+                    filler.flush()
+        assert full.value.errno == errno.ENOSPC
+        result = _run_into(disk)
+        assert result.returncode == 1
+        assert result.stderr.strip().splitlines()[-1] == (
+            f"error: disk full: no space left to write {disk / 'run' / '.advwm.lock'} (0 B free on that disk): "
+            "free some space there, or write runs elsewhere (paths.log_dir=<folder on another disk>)")
+        assert "Traceback" not in result.stderr
+        assert [p.name for p in (disk / "run").iterdir()] == [".advwm.lock"]  # Hydra wrote nothing: it never started
+    finally:
+        _unmount(disk)
+
+
+@pytest.mark.slow
 def test_a_real_full_disk_after_the_evaluation_keeps_metrics_json_and_says_so_in_one_line(tmp_path: Path) -> None:
     disk = tmp_path / "disk"
     _mount_tmpfs(disk, 8 << 20)  # first, room for everything: how much does the run take, and its grid?
