@@ -26,7 +26,7 @@ from advwm.data import NoImagesError
 from advwm.io import DiskFullError, disk_full_message, is_disk_full
 from advwm.loggers import to_log_file
 from advwm.pipeline import ConfigError, check_weights, craft, objective
-from advwm.run_folder import RunFolderError
+from advwm.run_folder import DISK_FULL_ADVICE, RunFolderError
 from advwm.validation import ConfigValueError, check_config
 from advwm.victims import CheckpointError, CheckpointNotFoundError
 
@@ -34,7 +34,6 @@ from advwm.victims import CheckpointError, CheckpointNotFoundError
 # (HYDRA_FULL_ERROR=1 shows the traceback, for debugging advwm itself).
 USER_ERRORS = (ConfigError, ConfigValueError, CheckpointError, CheckpointNotFoundError, NoImagesError,
                NonFiniteLossError, RunFolderError, DiskFullError)
-DISK_FULL_ADVICE = "free some space there, or write runs elsewhere (paths.log_dir=<folder on another disk>)"
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # Lightning's start-up lines that say nothing about an advwm run on a CPU.
 NOISE_PREFIXES = ("\N{ELECTRIC LIGHT BULB} Tip:", "GPU available: False", "TPU available", "HPU available",
