@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from full_disk import ROOM, assert_whole, filling
+from hydra import compose, initialize_config_dir
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from test_run import compose_run, small
@@ -74,6 +76,32 @@ def test_written_files_get_the_usual_permissions(tmp_path: Path) -> None:
     finally:
         os.umask(umask)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644 and (tmp_path / "a.txt").read_text() == "a"
+
+
+def test_the_run_log_stays_quiet_on_a_full_disk_and_not_on_other_errors(tmp_path: Path, capsys) -> None:
+    class Failing:
+        def __init__(self, error: Exception) -> None:
+            self.error = error
+
+        def write(self, text: str) -> None:
+            raise self.error
+
+        def flush(self) -> None:
+            pass
+
+    handler = io.RunLogHandler(tmp_path / "run.log")
+    record = logging.LogRecord("advwm", logging.INFO, __file__, 1, "a line", None, None)
+    handler.stream = Failing(OSError(errno.ENOSPC, "No space left on device"))
+    handler.emit(record)
+    assert capsys.readouterr().err == ""
+    handler.stream = Failing(ValueError("a bug in a log call"))
+    handler.emit(record)
+    assert "Logging error" in capsys.readouterr().err
+    handler.stream = None
+    handler.close()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", return_hydra_config=True)
+    assert cfg.hydra.job_logging.handlers.file["class"] == "advwm.io.RunLogHandler"  # the run's log file uses it
 
 
 def _fit_with_checkpoints(folder: Path, steps: int) -> None:
