@@ -157,12 +157,12 @@ def save_picture(image: Any, path: str | os.PathLike, format: str = "PNG") -> No
         image.save(stream, format=format)
 
 
-def save_tensor_image(tensor: Any, path: str | os.PathLike, **grid: Any) -> None:
-    """`torchvision.utils.save_image(tensor, path, **grid)` as PNG, atomically (values in [0, 1])."""
+def save_tensor_image(tensor: Any, path: str | os.PathLike) -> None:
+    """`torchvision.utils.save_image(tensor, path)` as PNG, atomically (values in [0, 1])."""
     from torchvision.utils import save_image
 
     with atomic_writer(path) as stream:
-        save_image(tensor, stream, format="png", **grid)
+        save_image(tensor, stream, format="png")
 
 
 def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
