@@ -23,7 +23,6 @@ grace period is over.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from advwm import io
+from advwm.report.sweeps import _mask_password  # the report's: user:***@host, one implementation
 
 log = logging.getLogger(__name__)
 
@@ -133,10 +133,6 @@ def fail_stale_trials(storage: HeartbeatStorage, study_name: str) -> list[int]:
     return failed
 
 
-def mask_password(url: str) -> str:
-    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
-
-
 def trial_folder(cfg: DictConfig) -> Path | None:
     """The run folder of the trial about to be launched: <sweep dir>/<job number> (None for another layout)."""
     sweep = OmegaConf.select(cfg, "hydra.sweep", default=None)
@@ -156,7 +152,7 @@ def keep_trial(cfg: DictConfig, trial: optuna.trial.Trial) -> None:
     if folder is not None:
         trial.set_user_attr("run_folder", str(folder.resolve()))
         io.save_json(folder / "trial.json", {"trial": trial.number, "study": study_name,
-                                             "storage": mask_password(str(url)) if url else None,
+                                             "storage": _mask_password(str(url)) if url else None,
                                              "params": dict(trial.params)})
     if not isinstance(url, str) or url.startswith("redis"):  # in memory or Redis: nothing to resume, no heartbeat
         return

@@ -82,7 +82,7 @@ def checkpoint_problem(value: Any, image_size: Any) -> str | None:
     if not path.is_file():
         return f"ckpt_path={value}: no such file: {hint}"
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # maps, reads little
         perturbation = checkpoint["state_dict"]["perturbation"]
         side = int(perturbation.shape[-1])
     except Exception as error:  # noqa: BLE001  (whatever makes it unreadable: truncated, not torch, not advwm)
