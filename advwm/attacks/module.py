@@ -30,6 +30,7 @@ from advwm.attacks.regularizers import Regularizer
 from advwm.attacks.scopes import Scope
 from advwm.attacks.steps import BaseAttack, SignStepAttack
 from advwm.errors import ConfigError
+from advwm.validation import signature_difference
 
 log = logging.getLogger(__name__)
 
@@ -118,11 +119,9 @@ class WatermarkAttack(LightningModule):
         checkpoint["advwm_signature"] = dict(self.signature)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        saved = checkpoint.get("advwm_signature", {})
-        for key, value in self.signature.items():
-            if key in saved and saved[key] != value:
-                raise ConfigError(f"the checkpoint was written with {key}={saved[key]!r}, this run has "
-                                  f"{key}={value!r}: resume with the same {key} (or start a new run)")
+        difference = signature_difference(checkpoint.get("advwm_signature", {}), self.signature)
+        if difference:  # the pipeline checks this before any work; this guards the Python API too
+            raise ConfigError(difference)
         self.iteration = int(checkpoint.get("advwm_iteration", 0))
         saved_rows = checkpoint.get("state_dict", {}).get("perturbation")
         if saved_rows is not None:  # a per-image checkpoint taken in a smaller last batch
