@@ -6,8 +6,8 @@ or any gradient is computed, so a missing or wrong file stops the run in seconds
 
 from __future__ import annotations
 
-import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +19,14 @@ from hydra.errors import InstantiationException
 from lightning.pytorch.callbacks import Callback, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
+from advwm import io, run_folder
 from advwm.attacks.module import WatermarkAttack
 from advwm.callbacks import EvaluationCallback, WatermarkExport
 from advwm.errors import ConfigError
 from advwm.loggers import build_loggers, finish, log_results, say
+from advwm.validation import check_config, check_image_size, resume_signature
 from advwm.victims import CheckpointNotFoundError, Victim, build_victim, get_spec
-from advwm.victims.execution import apply_execution, check_precision
+from advwm.victims.execution import apply_execution
 
 log = logging.getLogger(__name__)
 
@@ -114,26 +116,10 @@ def instantiate_group(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
     try:
         return hydra.utils.instantiate(cfg[key], **kwargs)
     except InstantiationException as error:
-        cause = error.__cause__ or error
-        raise ConfigError(f"{key}: {cause}".splitlines()[0]) from error
-
-
-# The settings a checkpoint must share with the run that resumes it (what its perturbation and position mean).
-RESUME_KEYS = ("image_size", "eps", "seed", "victims", "scope", "data.batch_size", "attack", "attack.iterations",
-               "aggregator")
-
-
-def resume_signature(cfg: DictConfig) -> dict[str, Any]:
-    """Config key -> value for every RESUME_KEYS entry; groups are named by the class they instantiate."""
-    signature: dict[str, Any] = {}
-    for key in RESUME_KEYS:
-        value = OmegaConf.select(cfg, key)
-        if key == "victims":
-            value = sorted(value or {})
-        elif isinstance(value, DictConfig):
-            value = str(value.get("_target_", "")).rsplit(".", 1)[-1] + (f":{value.name}" if "name" in value else "")
-        signature[key] = value
-    return signature
+        message = str(error.__cause__ or error).strip().splitlines()[0]
+        if not re.match(r"[\w.]+ ?[:=]", message):  # a message that names its key already (metrics.x: ...) stays
+            message = f"{key}: {message}"
+        raise ConfigError(message) from error
 
 
 def build_module(cfg: DictConfig, victims: list[Victim]) -> WatermarkAttack:
@@ -153,9 +139,20 @@ def build_module(cfg: DictConfig, victims: list[Victim]) -> WatermarkAttack:
             micro_batches={str(n): e.get("micro_batch") for n, e in cfg.victims.items()},
             seed=int(cfg.seed),
             signature=resume_signature(cfg),
+            eot=build_eot(cfg),
         )
     except ValueError as error:  # a contradictory attack config: one line naming what to change
         raise ConfigError(str(error)) from error
+
+
+def build_eot(cfg: DictConfig) -> Any:
+    """eot=sharing's object, or None for eot=none (the engine without EOT)."""
+    node = cfg.get("eot")
+    if node is None:
+        return None
+    if "_target_" not in node:
+        raise ConfigError(f"eot: options {sorted(node)} without eot=sharing: choose eot=sharing to set them")
+    return instantiate_group(cfg, "eot")
 
 
 def build_datamodule(cfg: DictConfig, repeats: int):
@@ -163,14 +160,12 @@ def build_datamodule(cfg: DictConfig, repeats: int):
     return instantiate_group(cfg, "data", repeats=repeats, _convert_="all")
 
 
-def build_callbacks(cfg: DictConfig, metadata: dict[str, Any]) -> list[Callback]:
-    """The callbacks group, instantiated; the export learns what watermark.pt says about itself."""
+def build_callbacks(cfg: DictConfig) -> list[Callback]:
+    """The callbacks group, instantiated (its metrics settings checked: a bad option is one line, before any
+    victim is loaded)."""
     callbacks = [c for c in (instantiate_group(cfg, "callbacks") or {}).values() if c is not None]
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a progress bar it was told not to show
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    for callback in callbacks:
-        if isinstance(callback, WatermarkExport):
-            callback.metadata = dict(metadata)
     return callbacks
 
 
@@ -194,6 +189,10 @@ def metrics_table(metrics: dict[str, Any], victims: list[str]) -> str:
                      f"{metrics.get(f'l2_mask/{name}', float('nan')):>9.4f} {metrics.get(f'empty_mask/{name}', 0):>6} "
                      f"{metrics.get(f'judged/{name}', 0):>7}  {metrics.get(f'weights/{name}', '?')}")
     lines.append(f"{'mean':<12} {metrics.get('sr_mask/mean', float('nan')):>8.3f}")
+    shared = [k.split("/")[1] for k in metrics if k.startswith("robust/") and k.endswith("/sr_mask/mean")]
+    if shared:  # metrics.robustness: the mean SR_mask after each sharing transform (robust/... in metrics.json)
+        lines.append("after sharing (SR_mask, mean): " + ", ".join(
+            f"{t} {metrics[f'robust/{t}/sr_mask/mean']:.3f}" for t in shared))
     lines.append(f"eps {metrics['eps']}, {metrics['steps']} steps, {metrics['seconds']} s, "
                  f"{metrics['data/craft_images']} crafting / {metrics['data/held_out_images']} judged images"
                  + (f", {metrics['data/skipped_images']} unreadable skipped" if metrics["data/skipped_images"] else ""))
@@ -201,17 +200,28 @@ def metrics_table(metrics: dict[str, Any], victims: list[str]) -> str:
 
 
 def craft(cfg: DictConfig) -> dict[str, Any]:
-    """Craft, judge and save one watermark; returns the flat metrics (also written to metrics.json)."""
+    """Craft, judge and save one watermark; returns the flat metrics (also written to metrics.json).
+
+    The config is checked before any work (`advwm.validation`), and the run holds its folder's lock
+    (`advwm.run_folder`) from its first write to its end: a second run in the same folder stops at once.
+    """
+    check_config(cfg)
+    with run_folder.exclusive(Path(cfg.paths.output_dir)):
+        return _craft(cfg)
+
+
+def _craft(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    io.write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     pl.seed_everything(int(cfg.seed), workers=True)
 
     if cfg.get("execution") is not None:
         instantiate_group(cfg, "execution")  # a wrong precision: one line, before any work
-    check_precision(cfg.trainer.get("precision", "32-true"))
+    callbacks = build_callbacks(cfg)
+    evaluation, export = the(callbacks, EvaluationCallback), the(callbacks, WatermarkExport)
     resolved = build_victims(cfg)
+    check_image_size([r.victim for r in resolved], int(cfg.image_size))  # before any face is read
     random_names = [r.victim.name for r in resolved if r.weights == "random"]
     random_note = RANDOM_WEIGHTS_NOTE.format(names=", ".join(random_names)) if random_names else None
     if random_note:
@@ -222,17 +232,15 @@ def craft(cfg: DictConfig) -> dict[str, Any]:
                           "parallelise over runs (multirun) instead")
     datamodule = build_datamodule(cfg, module.aggregator.repeats(module.attack.iterations))
 
-    callbacks = build_callbacks(cfg, metadata={  # what watermark.pt says about itself (advwm.watermark_file)
+    export.metadata = {  # what watermark.pt says about itself (advwm.watermark_file)
         "eps": float(cfg.eps), "image_size": int(cfg.image_size),
-        "victims": {r.victim.name: r.weights for r in resolved}, "config": OmegaConf.to_yaml(cfg, resolve=True)})
-    evaluation, export = the(callbacks, EvaluationCallback), the(callbacks, WatermarkExport)
+        "victims": {r.victim.name: r.weights for r in resolved}, "config": OmegaConf.to_yaml(cfg, resolve=True)}
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=build_loggers(cfg))
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
     metrics: dict[str, Any] = evaluation.results(module, trainer)  # collective under DDP: every process calls it
     if not trainer.is_global_zero:
         return metrics
-    grids = export.save_grids(evaluation.samples, {r.victim.name: list(r.victim.condition_names) for r in resolved})
     steps = int(module.iteration)
     metrics.update({
         "eps": float(cfg.eps),
@@ -246,7 +254,8 @@ def craft(cfg: DictConfig) -> dict[str, Any]:
         metrics[f"weights/{r.victim.name}"] = r.weights
     if random_note:
         metrics["note"] = random_note
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    io.save_json(output_dir / "metrics.json", metrics)  # before the grids: a full disk then keeps the numbers
+    grids = export.save_grids(evaluation.samples, {r.victim.name: list(r.victim.condition_names) for r in resolved})
     log_results(trainer.loggers, metrics, steps, grids, output_dir / "watermark.png")
     wandb_lines = finish(trainer.loggers)  # where each W&B run is, how to upload an offline one
 

@@ -26,7 +26,6 @@ import argparse
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from advwm import io
 from advwm.data.decode import IMAGE_SUFFIXES, DecodedPhoto, PhotoError, list_photos, open_photo
 from advwm.watermark_file import WatermarkError, load_watermark
 
@@ -114,24 +114,6 @@ def encode_png(photo: DecodedPhoto) -> bytes:
     if not ok:
         raise OSError("PNG encoding failed")
     return encoded.tobytes()
-
-
-def write_atomic(data: bytes, target: Path) -> None:
-    """Write `target` through a temporary file in its folder + os.replace: never a half-written photo."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 # ---- which photos, written where -----------------------------------------------------------------------
@@ -258,7 +240,7 @@ def protect_one(job: Job, watermark: torch.Tensor, detect: bool, center_crop: in
     else:
         squares = [face_square(width, height, center_crop)]
     try:
-        write_atomic(encode_png(protect_photo(photo, watermark, squares, strength)), job.target)
+        io.write_bytes(job.target, encode_png(protect_photo(photo, watermark, squares, strength)))
     except OSError as error:
         return f"refused {job.source}: cannot write {job.target} ({error.strerror or error})"
     print(f"{job.source} -> {job.target} ({len(squares)} face square(s))")

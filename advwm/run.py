@@ -15,6 +15,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import hydra
 from omegaconf import DictConfig
@@ -22,12 +23,17 @@ from omegaconf import DictConfig
 from advwm import resolvers  # noqa: F401  (registers the config resolvers)
 from advwm.attacks.module import NonFiniteLossError
 from advwm.data import NoImagesError
+from advwm.io import DiskFullError, disk_full_message, is_disk_full
 from advwm.loggers import to_log_file
 from advwm.pipeline import ConfigError, check_weights, craft, objective
+from advwm.run_folder import DISK_FULL_ADVICE, RunFolderError
+from advwm.validation import ConfigValueError, check_config
 from advwm.victims import CheckpointError, CheckpointNotFoundError
 
-# Errors whose message already says what is wrong and what to do: shown as one line, no traceback.
-USER_ERRORS = (ConfigError, CheckpointError, CheckpointNotFoundError, NoImagesError, NonFiniteLossError)
+# Errors whose message already says what is wrong and what to do: shown as one line, no traceback
+# (HYDRA_FULL_ERROR=1 shows the traceback, for debugging advwm itself).
+USER_ERRORS = (ConfigError, ConfigValueError, CheckpointError, CheckpointNotFoundError, NoImagesError,
+               NonFiniteLossError, RunFolderError, DiskFullError)
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # Lightning's start-up lines that say nothing about an advwm run on a CPU.
 NOISE_PREFIXES = ("\N{ELECTRIC LIGHT BULB} Tip:", "GPU available: False", "TPU available", "HPU available",
@@ -102,14 +108,27 @@ def main(cfg: DictConfig) -> float:
     """Craft, judge and save a watermark; return the sweep objective (mean SR_mask over victims)."""
     quiet_third_party_noise()
     try:
+        check_config(cfg)  # before the first lines: a bad value is all the run says
         if cfg.get("victims"):
             banner = weights_banner(cfg)
             print(banner, flush=True)
             to_log_file(banner)
         return objective(cfg, craft(cfg))
     except USER_ERRORS as error:
-        to_log_file(f"error: {error}", logging.ERROR)  # the log keeps it; the console shows it once, below
-        raise SystemExit(f"error: {error}") from None
+        stop(f"error: {error}" + (f": {DISK_FULL_ADVICE}" if isinstance(error, DiskFullError) else ""), error)
+    except Exception as error:
+        if not is_disk_full(error):
+            raise
+        where = getattr(error, "filename", None) or cfg.paths.output_dir  # a write advwm does not own (CSV log, W&B)
+        stop(f"error: {disk_full_message(where)}: {DISK_FULL_ADVICE}", error)
+
+
+def stop(line: str, error: BaseException) -> NoReturn:
+    """End the run with one line on stderr (kept in the log file too); HYDRA_FULL_ERROR=1 shows the traceback."""
+    to_log_file(line, logging.ERROR)  # the log keeps it; the console shows it once
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise error
+    raise SystemExit(line) from None
 
 
 def cli(argv: Sequence[str] | None = None) -> None:

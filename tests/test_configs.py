@@ -10,11 +10,12 @@ from hydra.utils import instantiate
 
 from advwm.attacks import Aggregator, BaseAttack, Regularizer, Scope
 from advwm.attacks.domains import CrossDomain
+from advwm.attacks.eot import SharingEOT
 from advwm.callbacks.evaluation import MetricSettings
 from advwm.victims.execution import ExecutionSettings
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = ["attack", "aggregator", "domains", "regularizer", "scope", "data", "trainer", "logger", "experiment",
+GROUPS = ["attack", "aggregator", "domains", "regularizer", "eot", "scope", "data", "trainer", "logger", "experiment",
           "execution"]
 CHOICES = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
 
@@ -47,13 +48,16 @@ def test_every_config_file_starts_with_a_purpose_comment_and_an_example(path: Pa
 
 # Each group's choices build an instance of its class, by `_target_` (one file, one class).
 BUILDS = {"aggregator": Aggregator, "domains": CrossDomain, "regularizer": Regularizer, "attack": BaseAttack,
-          "scope": Scope, "metrics": MetricSettings, "execution": ExecutionSettings}
+          "scope": Scope, "metrics": MetricSettings, "eot": SharingEOT, "execution": ExecutionSettings}
 BUILT = [(group, path.stem) for group in BUILDS for path in sorted((CONF / group).glob("*.yaml"))]
 
 
 @pytest.mark.parametrize(("group", "choice"), BUILT, ids=[f"{g}={c}" for g, c in BUILT])
 def test_every_choice_of_every_group_instantiates_its_class(group: str, choice: str) -> None:
     cfg = compose_with("+victims=[stargan]", f"{group}={choice}")
+    if (group, choice) == ("eot", "none"):  # eot=none builds nothing: the engine without EOT
+        assert cfg.eot is None
+        return
     assert "_target_" in cfg[group], f"{group}={choice} has no _target_"
     assert isinstance(instantiate(cfg[group]), BUILDS[group])
 

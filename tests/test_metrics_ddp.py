@@ -1,9 +1,14 @@
-"""Metric states sync across processes: two gloo ranks on CPU, each with part of the data, equal one process."""
+"""Metric states sync across processes: two gloo ranks on CPU, each with part of the data, equal one process.
+
+The ranks meet through a file store (no TCP port to race for, no store server thread in rank 0) and wait for
+each other before leaving: under load one rank used to tear down and exit while the other was still talking
+to it, and the survivor aborted ("terminate called without an active exception", SIGABRT in gloo).
+"""
 
 from __future__ import annotations
 
 import math
-import socket
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -68,9 +73,10 @@ def _compute(metrics: dict) -> dict[str, float]:
     return out
 
 
-def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+def _worker(rank: int, world_size: int, store: str, out_dir: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size,
+                            timeout=timedelta(minutes=30))
     try:
         # contiguous split, uneven: rank 0 gets 4 images (in two updates), rank 1 gets 3
         metrics = _metrics()
@@ -81,14 +87,9 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
             _update(metrics, slice(4, N_IMAGES))
         result = _compute(metrics)
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+        dist.barrier()  # no rank leaves while the other still needs it
     finally:
         dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo")
@@ -98,7 +99,7 @@ def test_two_process_sync_equals_single_process(tmp_path):
     _update(metrics, slice(0, N_IMAGES))
     single = _compute(metrics)
     assert 0 < single["sr_mask"] < 1 and 0 < single["attack_rate"] < 1 and single["local/sr_mask_empty"] == 1
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2, join=True)
     results = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
     for rank, synced in enumerate(results):
         assert synced.keys() == single.keys()

@@ -209,26 +209,41 @@ def test_folder_run_skips_and_counts_a_corrupt_image(tmp_path: Path) -> None:
     assert json.loads((out / "metrics.json").read_text())["data/skipped_images"] == 1
 
 
-def test_a_victim_that_returns_nan_stops_with_one_line_and_keeps_the_watermark(tmp_path: Path) -> None:
-    from lightning.pytorch import Trainer
+def _nan_run(folder: Path, fail_after_first_step: bool) -> str:
+    """Craft against a linear victim that returns NaN (from the start, or from the second step); the error text."""
+    from lightning.pytorch import Callback, Trainer
     from toys import LinearVictim, TensorFaces, base_attack
 
     from advwm.attacks import NoRegularizer, Uniform, UniformDomains, Universal
     from advwm.attacks.module import NonFiniteLossError, WatermarkAttack
     from advwm.callbacks import WatermarkExport
 
-    victim = LinearVictim("broken", float("nan"))
+    victim = LinearVictim("broken", 1.0 if fail_after_first_step else float("nan"))
+
+    class BreakAfterFirstStep(Callback):
+        def on_train_batch_end(self, *args) -> None:
+            victim.gain.fill_(float("nan"))
+
     module = WatermarkAttack([victim], aggregator=Uniform(), domains=UniformDomains(), regularizer=NoRegularizer(),
                              attack=base_attack("pgd", 0.01, iterations=2), scope=Universal(), eps=0.05,
                              image_size=4, batch_size=1)
+    callbacks = [WatermarkExport(folder)] + ([BreakAfterFirstStep()] if fail_after_first_step else [])
     trainer = Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, callbacks=[WatermarkExport(tmp_path)])
+                      enable_progress_bar=False, callbacks=callbacks)
     with pytest.raises(NonFiniteLossError) as caught:
         trainer.fit(module, datamodule=TensorFaces(torch.zeros(1, 3, 4, 4), batch_size=1, repeats=2))
-    message = str(caught.value)
-    assert "\n" not in message and "broken" in message and "iteration 0" in message
-    partial = load_watermark(tmp_path / "watermark.partial.pt").tensor
-    assert partial.shape == (3, 4, 4)
+    return str(caught.value)
+
+
+def test_a_victim_that_returns_nan_stops_with_one_line_and_keeps_the_steps_taken(tmp_path: Path) -> None:
+    message = _nan_run(tmp_path / "later", fail_after_first_step=True)
+    assert "\n" not in message and "broken" in message and "iteration 1" in message
+    partial = load_watermark(tmp_path / "later" / "watermark.partial.pt").tensor
+    assert partial.shape == (3, 4, 4) and partial.abs().max() > 0  # the first step's watermark
+    # no step taken: nothing to keep, so no partial file at all
+    message = _nan_run(tmp_path / "at_once", fail_after_first_step=False)
+    assert "\n" not in message and "iteration 0" in message
+    assert not (tmp_path / "at_once").exists() or not list((tmp_path / "at_once").iterdir())
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ TINY = ["+victims=[stargan]", "weights=random", "logger=csv", "image_size=32", "
 def cmua(tmp_path: Path, trials: int, out: str) -> None:
     command = [sys.executable, "experiments/cmua.py", "--trials", str(trials), "--out", str(tmp_path / out), *TINY,
                f"paths.log_dir={tmp_path}"]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=1800,
                             env={**os.environ, "WANDB_MODE": "offline"})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
 

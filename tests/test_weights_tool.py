@@ -218,7 +218,7 @@ class _Server:
                 pass
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(folder)))
-        self.httpd.timeout = 5
+        self.httpd.timeout = 1800
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
@@ -237,12 +237,13 @@ def served(tmp_path: Path) -> Iterator[tuple[_Server, Path]]:
     finally:
         server.httpd.shutdown()
         server.httpd.server_close()
-        server.thread.join(timeout=5)
+        server.thread.join(timeout=1800)
     assert server.requests <= 10
 
 
 def _fetch(capsys: pytest.CaptureFixture[str], url: str, dest: Path, *extra: str) -> tuple[int, str, str]:
-    return _run(capsys, "fetch", "stargan", "--url", url, "--dest", str(dest), "--timeout", "10", *STARGAN_ARGS, *extra)
+    return _run(capsys, "fetch", "stargan", "--url", url, "--dest", str(dest), "--timeout", "1800", *STARGAN_ARGS,
+                *extra)
 
 
 def test_fetch_downloads_verifies_and_installs(

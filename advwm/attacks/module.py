@@ -32,11 +32,13 @@ from advwm.attacks.aggregators.base import Aggregator, Iteration
 from advwm.attacks.chunking import Chunker, CudaMemory, DeviceMemory, FixedChunks, MemoryAwareChunks
 from advwm.attacks.diversity import PairTransform
 from advwm.attacks.domains import CrossDomain, VictimGradient, clean_outputs
+from advwm.attacks.eot import SharingEOT
 from advwm.attacks.losses import NonFiniteLossError
 from advwm.attacks.regularizers import Regularizer
 from advwm.attacks.scopes import Scope
 from advwm.attacks.steps import BaseAttack, SignStepAttack
 from advwm.errors import ConfigError
+from advwm.validation import signature_difference
 from advwm.victims.execution import check_precision
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,7 @@ class WatermarkAttack(LightningModule):
         signature: Mapping[str, Any] | None = None,
         memory: DeviceMemory | None = None,
         memory_margin: float = 0.2,
+        eot: SharingEOT | None = None,
     ) -> None:
         super().__init__()
         if not victims:
@@ -73,6 +76,8 @@ class WatermarkAttack(LightningModule):
         if not 0 < eps <= 1:
             raise ValueError(f"eps must lie in (0, 1] (image units in [-1, 1]), got {eps}")
         aggregator.validate(attack=attack, scope=scope, victims=len(victims))
+        if eot is not None:
+            eot.check(attack=attack, aggregator=aggregator)
         self.automatic_optimization = False
         self.victims: list[torch.nn.Module] = list(victims)
         self.aggregator = aggregator
@@ -89,6 +94,7 @@ class WatermarkAttack(LightningModule):
         self._chunkers: dict[tuple[str, str], Chunker] = {}
         self._victim_autocast: tuple[str, torch.dtype] | None = None
         self.signature = dict(signature or {})
+        self.eot = eot  # EOT over sharing transforms (advwm/attacks/eot.py); None = eot=none, the plain gradient
         self.perturbation = torch.nn.Parameter(torch.zeros(scope.rows(batch_size), 3, image_size, image_size))
         self.register_buffer("started", torch.tensor(False))
         self.iteration = 0  # iterations done in this run, a resumed one included (the data module reads it)
@@ -128,11 +134,9 @@ class WatermarkAttack(LightningModule):
         checkpoint["advwm_signature"] = dict(self.signature)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        saved = checkpoint.get("advwm_signature", {})
-        for key, value in self.signature.items():
-            if key in saved and saved[key] != value:
-                raise ConfigError(f"the checkpoint was written with {key}={saved[key]!r}, this run has "
-                                  f"{key}={value!r}: resume with the same {key} (or start a new run)")
+        difference = signature_difference(checkpoint.get("advwm_signature", {}), self.signature)
+        if difference:  # the pipeline checks this before any work; this guards the Python API too
+            raise ConfigError(difference)
         self.iteration = int(checkpoint.get("advwm_iteration", 0))
         saved_rows = checkpoint.get("state_dict", {}).get("perturbation")
         if saved_rows is not None:  # a per-image checkpoint taken in a smaller last batch
@@ -220,9 +224,11 @@ class WatermarkAttack(LightningModule):
         victim, x = self.victims[j], iteration.x
         transform = self._diversity_for(j, x, len(iteration.conditions[j]))
         protected = self.protect(x).detach()
+        gradient = self.domains.gradient if self.eot is None else self.eot.around(
+            self.domains, x, seed=self.seed, step=self.iteration, victim_index=j)  # EOT: the mean over its draws
         with self.victim_precision():
-            result = self.domains.gradient(victim, protected, iteration.conditions[j], iteration.targets[j],
-                                           iteration.step, self.micro_batch(victim, x.shape[0]), transform)
+            result = gradient(victim, protected, iteration.conditions[j], iteration.targets[j],
+                              iteration.step, self.micro_batch(victim, x.shape[0]), transform)
         if not torch.isfinite(result.loss).all() or not torch.isfinite(result.grad).all():
             raise NonFiniteLossError(f"victim {victim.name} produced a non-finite loss or gradient at iteration "
                                      f"{self.iteration} (check its checkpoint and the input images)")
@@ -270,7 +276,7 @@ class WatermarkAttack(LightningModule):
         repeats = self.aggregator.repeats(self.attack.iterations)
         repetition, batch_number = batch_idx % repeats, batch_idx // repeats
         if repetition == 0 or self._batch is None:  # a new batch, or the first step after a resume
-            self._batch = self._targets(x, labels) if self.aggregator.needs_targets else ([], [])
+            self._batch = self._targets(x, labels) if self.aggregator.uses_engine_gradients else ([], [])
         if repetition == 0:
             self.scope.start_batch(self, x, batch_number)
         iteration = Iteration(x=x, labels=labels, conditions=self._batch[0], targets=self._batch[1],

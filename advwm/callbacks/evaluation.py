@@ -8,14 +8,16 @@ Per condition and pooled per victim: SR_mask and L2_mask (CMUA), Ruiz success (u
 avg_L and attack_rate (CDMAA). Pooled per victim: FID between the clean fakes and the protected fakes,
 liveness (HyperFAS ACS/TFHC) of the fakes before and after protection. Per run: PSNR/SSIM of the
 protected images against the clean ones. FID and liveness need weight files; when one is missing the
-metric is skipped and the reason is logged and kept in the results (`skipped/<metric>`).
+metric is skipped and the reason is logged and kept in the results (`skipped/<metric>`). With
+`metrics.robustness`, the success metrics again after each sharing transform (`robust/<transform>/...`,
+advwm/metrics/robustness.py).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -39,6 +41,7 @@ from advwm.metrics import (
     load_hyperfas,
     make_fid,
 )
+from advwm.metrics.robustness import RobustnessJudge, RobustnessThresholds, parse_transforms
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +68,15 @@ class MetricSettings:
     liveness_threshold: float = 0.99
     liveness_crop: float = 0.75  # central square crop (fraction of the side) for aligned faces
     every_n_steps: int = 0  # periodic cheap evaluation during crafting (universal scope); 0 = off
+    # sharing transforms (jpeg75, resize0.5, ...) judged again after: robust/<t>/...; [] = off (metrics=fast)
+    robustness: list[str] = field(default_factory=lambda: ["jpeg95", "jpeg75", "jpeg50", "resize0.5", "blur1",
+                                                           "crop0.9"])
+    robustness_per_condition: bool = False  # robust/<t>/<metric>/<victim>/<condition> too
 
     def __post_init__(self) -> None:
         if self.fid_reference not in ("clean_fakes", "clean_images"):
             raise ValueError(f"metrics.fid_reference must be clean_fakes or clean_images, got {self.fid_reference!r}")
+        self.robustness = [t.name for t in parse_transforms(self.robustness)]  # a bad name: one line, before any work
 
 
 class Judge:
@@ -99,8 +107,16 @@ class Judge:
             self.metrics["ssim"] = PerImageSSIM()
         for key, metric in self.metrics.items():
             self.metrics[key] = metric.to(device)
+        self.robustness = RobustnessJudge(  # the same metrics after sharing (metrics.robustness); None when off
+            parse_transforms(settings.robustness), victims, RobustnessThresholds(
+                settings.success_threshold, settings.mask_threshold, settings.ruiz_threshold, settings.tau),
+            device, settings.robustness_per_condition) if settings.robustness else None
         self.samples: dict[str, dict[str, torch.Tensor]] = {}
         self.images = 0
+
+    def all_metrics(self) -> dict[str, Metric]:
+        """Every metric object, the sharing transforms' (robust/...) included."""
+        return {**self.metrics, **(self.robustness.metrics if self.robustness is not None else {})}
 
     @torch.no_grad()
     def update(self, module: LightningModule, x: torch.Tensor, labels: torch.Tensor,
@@ -135,6 +151,8 @@ class Judge:
                 }
             if progress is not None:
                 progress()
+        if self.robustness is not None:
+            self.robustness.update(x, protected, labels, module.micro_batch, progress)
         if "psnr" in self.metrics:
             self.metrics["psnr"].update(protected, x)
             if min(x.shape[-2:]) >= SSIM_WINDOW:  # SSIM's Gaussian window needs at least 11x11 pixels
@@ -171,6 +189,10 @@ class Judge:
             values = [flat[f"{kind}/{v.name}"] for v in self.victims if f"{kind}/{v.name}" in flat]
             if values:
                 flat[f"{kind}/mean"] = sum(values) / len(values)
+        if self.robustness is not None:
+            flat.update(self.robustness.results(
+                (lambda t: trainer.strategy.reduce(t.to(trainer.strategy.root_device), reduce_op="sum"))
+                if distributed else None))
         images = torch.tensor(float(self.images))
         if distributed:
             images = trainer.strategy.reduce(images.to(trainer.strategy.root_device), reduce_op="sum")
@@ -229,14 +251,15 @@ class EvaluationCallback(Callback):
         if self.judge is None:
             return {}
         return {"metrics": {key: {"state": dict(metric.metric_state), "updates": metric.update_count}
-                            for key, metric in self.judge.metrics.items()},
+                            for key, metric in self.judge.all_metrics().items()},
                 "samples": self.judge.samples, "images": self.judge.images, "periodic": list(self.periodic)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not state_dict or self.judge is None:
             return
+        metrics = self.judge.all_metrics()
         for key, saved in state_dict["metrics"].items():
-            metric = self.judge.metrics.get(key)
+            metric = metrics.get(key)
             if metric is None:
                 continue
             for name, value in saved["state"].items():
@@ -250,7 +273,8 @@ class EvaluationCallback(Callback):
 
     def _periodic(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """A cheap pass on the held-out split (no FID/liveness), logged as `periodic/...` at this step."""
-        cheap = MetricSettings(**{**self.settings.__dict__, "fid": False, "liveness": False, "quality": False})
+        cheap = MetricSettings(**{**self.settings.__dict__, "fid": False, "liveness": False, "quality": False,
+                                  "robustness": []})
         judge = Judge(pl_module.victims, cheap, pl_module.device)
         for batch in trainer.datamodule.eval_dataloader():
             judge.update(pl_module, batch["image"], batch["labels"])
@@ -266,14 +290,16 @@ class EvaluationCallback(Callback):
             return
         assert self.judge is not None
         loader = trainer.datamodule.eval_dataloader()
-        with evaluation_bar(len(loader) * len(pl_module.victims), self._description()) as bar:
+        ticks = len(pl_module.victims) * (1 + len(self.settings.robustness))  # per batch: victims, then each shared
+        with evaluation_bar(len(loader) * ticks, self._description()) as bar:
             for batch in loader:
                 self.judge.update(pl_module, batch["image"], batch["labels"], bar.update)
 
     def _description(self) -> str:
         heavy = [name for name, on in (("FID", self.fid_weights is not None),
                                        ("liveness", self.liveness_model is not None)) if on]
-        return "judging (SR_mask, L2_mask" + "".join(f", {h}" for h in heavy) + ")"
+        shared = f", after {len(self.settings.robustness)} sharing transforms" if self.settings.robustness else ""
+        return "judging (SR_mask, L2_mask" + "".join(f", {h}" for h in heavy) + shared + ")"
 
     def results(self, module: LightningModule, trainer: Trainer | None = None) -> dict[str, Any]:
         """Final flat values (`sr_mask/mean`, the mean over victims, is the sweep objective)."""

@@ -5,7 +5,8 @@
 `python -m advwm.protect` can check the file and warn about a watermark crafted against random victims.
 
 On an exception (a NaN, a bad image, Ctrl-C) the perturbation crafted so far is still saved, as
-`watermark.partial.pt`, so no finished work is lost.
+`watermark.partial.pt`, so no finished work is lost; a run that never took a step has nothing to save and
+writes none. Every file is written atomically (`advwm.io`): a kill or a full disk never leaves half a file.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from PIL import Image, ImageDraw
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import make_grid
 
+from advwm import io
 from advwm.data.transforms import to_unit_range
 from advwm.metrics.sr_mask import masked_l2
 from advwm.watermark_file import payload as watermark_payload
@@ -99,9 +101,7 @@ class WatermarkExport(Callback):
     def save_protected(self, protected: torch.Tensor, names: list[str]) -> None:
         """Per-image scope: each protected face as `protected/<name>.png` (what a user shares instead)."""
         for image, name in zip(protected, names, strict=True):
-            path = (self.output_dir / "protected" / name).with_suffix(".png")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_image(to_unit_range(image), path)
+            io.save_tensor_image(to_unit_range(image), (self.output_dir / "protected" / name).with_suffix(".png"))
 
     def payload(self, module: LightningModule) -> dict:
         """watermark.pt's content: the perturbation(s) and the run's metadata (`advwm.watermark_file`)."""
@@ -116,14 +116,13 @@ class WatermarkExport(Callback):
         return watermark_payload("per_image", stacked, list(self.names), **meta)
 
     def save(self, module: LightningModule, name: str = "watermark") -> Path:
-        self.output_dir.mkdir(parents=True, exist_ok=True)
         path = self.output_dir / f"{name}.pt"
         payload = self.payload(module)
-        torch.save(payload, path)
+        io.torch_save(payload, path)
         picture = payload["watermark"] if payload["scope"] == "universal" else payload["perturbations"][:16]
         if picture.numel():
             grid = watermark_picture(picture, module.eps)
-            save_image(grid if grid.dim() == 3 else make_grid(grid, nrow=4), self.output_dir / f"{name}.png")
+            io.save_tensor_image(grid if grid.dim() == 3 else make_grid(grid, nrow=4), self.output_dir / f"{name}.png")
         return path
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -131,18 +130,25 @@ class WatermarkExport(Callback):
             self.save(pl_module)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        if trainer.is_global_zero:
+        if not trainer.is_global_zero:
+            return
+        if int(pl_module.iteration) == 0 and not self.per_image:
+            log.error("run stopped (%s) before its first step: no watermark to save", type(exception).__name__)
+            return
+        try:
             path = self.save(pl_module, "watermark.partial")
-            log.error("run stopped (%s); the watermark crafted so far is in %s", type(exception).__name__, path)
+        except OSError as error:  # e.g. the disk is full: say so, and let the run's own error be the one shown
+            log.error("run stopped (%s); the watermark crafted so far could not be saved: %s",
+                      type(exception).__name__, error)
+            return
+        log.error("run stopped (%s); the watermark crafted so far is in %s", type(exception).__name__, path)
 
     def save_grids(self, samples: dict[str, dict[str, torch.Tensor]],
                    condition_names: dict[str, list[str]] | None = None) -> list[Path]:
         """One picture per victim: `images/<victim>.png`, rows named by condition."""
-        folder = self.output_dir / "images"
-        folder.mkdir(parents=True, exist_ok=True)
         paths = []
         for victim, sample in samples.items():
-            path = folder / f"{victim}.png"
-            comparison_grid(sample, (condition_names or {}).get(victim)).save(path)
+            path = self.output_dir / "images" / f"{victim}.png"
+            io.save_picture(comparison_grid(sample, (condition_names or {}).get(victim)), path)
             paths.append(path)
         return paths

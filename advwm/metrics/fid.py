@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,8 @@ from typing import Any
 import torch
 from torch import Tensor
 from torchmetrics.image.fid import FrechetInceptionDistance
+
+from advwm import io
 
 __all__ = [
     "FIDWeightsMissing",
@@ -225,17 +226,7 @@ def inception_weights_path(config_path: str | Path | None = None, cache_dir: str
     if digest != FID_HELPER_SHA1:
         raise FIDWeightsMissing(f"{source} has sha1 {digest}, expected {FID_HELPER_SHA1}: not the known network")
     state = convert_fid_helper_weights(source)
-    cache.mkdir(parents=True, exist_ok=True)
-    # Write then rename, so concurrent processes (DDP ranks) never read a half-written file.
-    fd, tmp = tempfile.mkstemp(dir=cache, prefix=target.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is an ordinary readable file
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    io.torch_save(state, target)  # atomic: concurrent processes (DDP ranks) never read a half-written file
     return target
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from advwm.report.charts import bar_chart, history_chart, loss_chart, parallel_chart
 from advwm.report.labels import collect, fmt_value, seed_groups, short_paths, varying
 from advwm.report.render import Gallery, Picture, Section, Table, render_html, render_markdown
+from advwm.report.robustness import robustness_sections
 from advwm.report.runs import Run, loss_curves, run_pictures
 from advwm.report.sweeps import load_history, studies_of, sweep_summaries
 from advwm.report.tables import (
@@ -225,6 +226,7 @@ def build_report(paths: Sequence[str], metrics: Sequence[str] | None = None, stu
     for metric in metrics if ok else []:
         detailed = chosen is not None or metric == "sr_mask"
         sections += _metric_sections(runs, metric, digits, conditions and detailed, charts=detailed)
+    sections += robustness_sections(runs, digits) if ok else []  # robust/<transform>/...: tables, JPEG curve
     sections += _seed_sections(runs, metrics[:3] if chosen is None else metrics, digits)
     sections += _loss_section(runs)
     sections += _picture_section(runs, digits)

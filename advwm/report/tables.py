@@ -112,7 +112,8 @@ def metric_families(runs: Sequence[Run]) -> list[str]:
     found: dict[str, None] = {}
     for run in ok:
         for key, value in run.metrics.items():
-            if isinstance(value, bool) or not isinstance(value, int | float) or key.split("/")[0] in NOT_METRICS:
+            if isinstance(value, bool) or not isinstance(value, int | float) or key.split("/")[0] in NOT_METRICS \
+                    or key.split("/")[0] == "robust":  # after sharing: a section of its own (report/robustness.py)
                 continue
             parts = key.split("/")
             if parts[-1] in victims or parts[-1] == "mean":

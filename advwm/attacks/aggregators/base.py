@@ -45,8 +45,9 @@ class Aggregator(ABC):
 
     #: whether the run starts from the base attack's random start (the released CMUA loop starts empty)
     uses_random_start: bool = True
-    #: whether the engine computes every victim's conditions and clean outputs for the batch
-    needs_targets: bool = True
+    #: whether the iteration goes through the engine's `victim_gradient` (so the engine computes every victim's
+    #: conditions and clean outputs per batch, and EOT can wrap the gradient); the released loop runs its own
+    uses_engine_gradients: bool = True
 
     def repeats(self, iterations: int) -> int:
         """How many training steps one batch gets (the data module repeats it that often)."""

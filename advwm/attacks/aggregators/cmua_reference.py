@@ -27,7 +27,7 @@ class CMUAReference(Aggregator):
     """The released loop: per victim and condition, restart, `iterations` PGD steps, blend after each."""
 
     uses_random_start = False  # the released watermark starts empty: its first blend takes eta as it is
-    needs_targets = False  # the loop computes its own targets, condition by condition
+    uses_engine_gradients = False  # the loop computes its own targets and gradients, condition by condition
 
     def __init__(self, alpha: float = 0.5) -> None:
         if not 0.0 <= alpha <= 1.0:

@@ -1,0 +1,179 @@
+"""One run per run folder: a run holds an exclusive lock on its folder while it works.
+
+Why: two runs writing into one folder (the same `hydra.run.dir`, or two multiruns in one sweep folder) used to
+overwrite each other's watermark and metrics, interleave their CSV logs, and both exit 0. Now the second one
+stops at once with one line naming the folder and the run that holds it, before it writes anything there.
+
+The lock is `fcntl.flock` on `<run>/.advwm.lock`. The kernel releases it when the holding process ends,
+however it ends (SIGKILL included), so resuming a killed or a finished run in its own folder needs nothing
+(`hydra.run.dir=<run> ckpt_path=<run>/checkpoints/last.ckpt`). The file stays behind and says who held it
+last (pid, host, start time); its content is informational only. On NFS, Linux emulates flock with the
+server's byte-range locks, so runs on different machines exclude each other too.
+
+Where it is taken: for a single run by the Hydra callback `RunFolderLock` (conf/hydra/default.yaml) before
+Hydra writes `.hydra/` and the log; for every run (each job of a multirun too) by `craft()` before its first
+write (a no-op when this process holds the lock already). DDP worker processes other than rank 0 share the folder
+of the rank-0 process and take no lock.
+
+    with run_folder.exclusive(Path("outputs/craft/runs/x")):
+        ...  # RunFolderBusy if another process works there
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from advwm import io
+
+LOCK_NAME = ".advwm.lock"
+DISK_FULL_ADVICE = "free some space there, or write runs elsewhere (paths.log_dir=<folder on another disk>)"
+# Environment variables that mark a worker of a distributed run (non-zero: not the process that holds the lock).
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+
+_held: dict[Path, int] = {}  # folder -> the open lock file descriptor
+
+
+class RunFolderError(RuntimeError):
+    """The run folder cannot be used (not writable, or another run works there); the message is one line."""
+
+
+class RunFolderBusy(RunFolderError):
+    """Another process holds the run folder's lock."""
+
+
+def secondary_process() -> bool:
+    """True in a distributed worker whose rank is not 0: it writes into the folder rank 0 has locked."""
+    return any(os.environ.get(name, "0").strip() not in ("", "0") for name in RANK_VARIABLES)
+
+
+def _key(folder: str | os.PathLike) -> Path:
+    return Path(folder).expanduser().resolve()
+
+
+def unwritable_message(folder: Path, error: OSError) -> str:
+    if io.is_disk_full(error):
+        return f"{io.disk_full_message(folder / LOCK_NAME)}: {DISK_FULL_ADVICE}"
+    reason = error.strerror or type(error).__name__
+    return (f"cannot write the run folder {folder} ({reason}): choose a writable place with hydra.run.dir=<folder> "
+            "or paths.log_dir=<folder>")
+
+
+def _holder(handle: int) -> str:
+    """Who holds the lock, from the lock file's content: 'pid 12 on host, since 2026-01-02 10:00:00'."""
+    try:
+        info: dict[str, Any] = json.loads(os.pread(handle, 65536, 0).decode() or "{}")
+        return f"pid {info['pid']} on {info['host']}, since {info['started']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def _describe_self(handle: int) -> None:
+    """Write this process into the lock file (pid, host, start time, command: what a second run will be told).
+
+    Unbuffered writes on the descriptor: a full disk fails here, not again later when a buffer is flushed."""
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "command": " ".join(sys.argv)}
+    os.ftruncate(handle, 0)
+    os.pwrite(handle, (json.dumps(info) + "\n").encode(), 0)
+
+
+def acquire(folder: str | os.PathLike) -> bool:
+    """Lock `folder` (created if missing) for this process; False when this process holds it already.
+
+    Raises `RunFolderBusy` when another process holds it and `RunFolderError` when it cannot be written.
+    Temporary files a killed writer left there (`advwm.io`) are removed once the lock is held.
+    """
+    key = _key(folder)
+    if key in _held:
+        return False
+    try:
+        key.mkdir(parents=True, exist_ok=True)
+        handle = os.open(key / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as error:
+        raise RunFolderError(unwritable_message(key, error)) from error
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _holder(handle)
+        os.close(handle)
+        raise RunFolderBusy(f"run folder {key} is in use by another run ({holder}): wait for it to finish, or give "
+                            "this run its own folder (leave hydra.run.dir unset for a new one, or choose another)"
+                            ) from None
+    except OSError as error:  # e.g. ENOLCK: a network file system without locking
+        os.close(handle)
+        raise RunFolderError(f"cannot lock the run folder {key} ({error.strerror}): use a local folder "
+                             "(hydra.run.dir=<folder> or paths.log_dir=<folder>)") from error
+    try:
+        _describe_self(handle)
+    except OSError as error:  # a disk already full: Hydra's own files would fail next, with a traceback
+        os.close(handle)
+        raise RunFolderError(unwritable_message(key, error)) from error
+    _held[key] = handle
+    io.remove_temporaries(key)
+    return True
+
+
+def release(folder: str | os.PathLike) -> None:
+    """Give the lock up (a no-op when this process does not hold it)."""
+    handle = _held.pop(_key(folder), None)
+    if handle is not None:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        os.close(handle)
+
+
+def held(folder: str | os.PathLike) -> bool:
+    return _key(folder) in _held
+
+
+@contextmanager
+def exclusive(folder: str | os.PathLike) -> Iterator[None]:
+    """Hold `folder`'s lock for the block; released at its end only if this block took it."""
+    taken = False if secondary_process() else acquire(folder)
+    try:
+        yield
+    finally:
+        if taken:
+            release(folder)
+
+
+def _stop(error: Exception) -> None:
+    """A Hydra callback's way to stop the run with one line: Hydra turns a callback's exceptions into warnings
+    and carries on, so only SystemExit stops it (HYDRA_FULL_ERROR=1 prints the traceback first)."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        traceback.print_exception(error)
+    raise SystemExit(f"error: {error}") from None
+
+
+class RunFolderLock(Callback):
+    """Hydra callback: lock a single run's folder before Hydra writes `.hydra/` and the log into it; check that a
+    multirun's folder can be created. (Each job of a multirun is locked by `craft()` when it starts.)"""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not secondary_process():
+            try:
+                acquire(str(config.hydra.run.dir))
+            except RunFolderError as error:
+                _stop(error)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        folder = _key(str(config.hydra.sweep.dir))
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            _stop(RunFolderError(unwritable_message(folder, error).replace("hydra.run.dir", "hydra.sweep.dir")))
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        release(str(config.hydra.run.dir))
