@@ -162,6 +162,19 @@ def test_sharing_pairs_do_not_depend_on_the_chunking() -> None:
     assert torch.equal(whole, torch.cat([sharing(stacked[:4], pairs[:4]), sharing(stacked[4:], pairs[4:])]))
 
 
+def test_the_sharing_transforms_run_in_fp32_under_the_victims_bf16_autocast() -> None:
+    """bf16-mixed casts the victims only: JPEG's colour/DCT matrices and the blur stay fp32 inside autocast."""
+    eot = SharingEOT(samples=1, mix={"jpeg": 1, "resize": 1, "blur": 1})
+    (sample,) = eot.draws(2, 3, eot.generator(0, 0, 0))
+    sharing = SharingPairs(sample)
+    stacked = torch.cat([smooth_image(seed=i) for i in range(6)])
+    pairs = [(k, b) for k in range(2) for b in range(3)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = sharing(stacked, pairs)
+    assert under_autocast.dtype == torch.float32
+    assert torch.equal(under_autocast, sharing(stacked, pairs))
+
+
 # ----------------------------------------------------------------------------------- the gradient
 
 

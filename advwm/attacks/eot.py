@@ -118,7 +118,10 @@ class SharingPairs:
     def __call__(self, chunk: Tensor, pairs: Sequence[tuple[int, int]]) -> Tensor:
         if len(pairs) != chunk.shape[0]:
             raise ValueError(f"{len(pairs)} pairs for a chunk of {chunk.shape[0]}")
-        return torch.cat([self.draws[k][b](chunk[i:i + 1]) for i, (k, b) in enumerate(pairs)])
+        # The transforms simulate what sharing does to the file, so they run in fp32 even where the victims run
+        # under bf16 autocast (trainer.precision=bf16-mixed): JPEG's colour and DCT matrices would be cast.
+        with torch.autocast(chunk.device.type, enabled=False):
+            return torch.cat([self.draws[k][b](chunk[i:i + 1]) for i, (k, b) in enumerate(pairs)])
 
 
 def composed(sharing: SharingPairs, diversity: Transform | None) -> Transform:
