@@ -155,7 +155,7 @@ def judge_batch(names: list[str], victim: LinearVictim, x: torch.Tensor, delta: 
                 per_condition: bool = False) -> dict:
     judge = RobustnessJudge(parse_transforms(names), [victim], RobustnessThresholds(), torch.device("cpu"),
                             per_condition)
-    judge.update(x, (x + delta).clamp(-1, 1), torch.zeros(x.shape[0], 40), lambda v, b: 1)
+    judge.update(x, (x + delta).clamp(-1, 1), torch.zeros(x.shape[0], 40), lambda v, b, purpose: 1)
     return judge.results()
 
 
@@ -219,7 +219,7 @@ def test_judge_adds_robust_keys_with_means_and_leaves_the_others_unchanged() -> 
     delta = torch.sign(torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))) * 0.05
     victims = [LinearVictim("a", 6.0), LinearVictim("b", 2.0, levels=(0.0, 0.5, 2.0))]
     module = SimpleNamespace(device=torch.device("cpu"), protect=lambda images: (images + delta).clamp(-1, 1),
-                             micro_batch=lambda victim, batch: None)
+                             micro_batch=lambda victim, batch, purpose="gradient": None)
     results = {}
     for names in ([], ["jpeg50", "crop0.9"]):
         judge = Judge(victims, MetricSettings(quality=False, robustness=names), torch.device("cpu"))

@@ -30,6 +30,7 @@ from PIL import Image, ImageFilter
 from torch import Tensor
 from torchmetrics import Metric
 
+from advwm.attacks.chunking import MicroBatch
 from advwm.attacks.domains import clean_outputs
 from advwm.metrics.distortion import AttackRate, AverageDistortion, RuizSuccess
 from advwm.metrics.sr_mask import L2Mask, SRMask
@@ -169,15 +170,15 @@ class RobustnessJudge:
         return len(self.transforms) * len(self.victims)
 
     @torch.no_grad()
-    def update(self, x: Tensor, protected: Tensor, labels: Tensor, micro_batch: Callable[[object, int], int | None],
+    def update(self, x: Tensor, protected: Tensor, labels: Tensor, micro_batch: Callable[[object, int, str], MicroBatch],
                progress: Callable[[], object] | None = None) -> None:
-        """Judge one batch of clean faces x and protected faces under every transform (`micro_batch(victim, B)`:
-        the engine's chunking; `progress()` after each transform and victim)."""
+        """Judge one batch of clean faces x and protected faces under every transform (`micro_batch(victim, B,
+        "forward")`: the engine's chunking for forward-only calls; `progress()` after each transform and victim)."""
         for transform in self.transforms:
             shared_clean, shared_protected = transform(x), transform(protected)
             for victim in self.victims:
                 conditions = [c.to(x.device) for c in victim.conditions(labels)]
-                micro = micro_batch(victim, x.shape[0])
+                micro = micro_batch(victim, x.shape[0], "forward")
                 fakes = clean_outputs(victim, shared_clean, conditions, micro)
                 fakes_protected = clean_outputs(victim, shared_protected, conditions, micro)
                 for name, fake, fake_protected in zip(victim.condition_names, fakes, fakes_protected, strict=True):
