@@ -170,7 +170,8 @@ class RobustnessJudge:
         return len(self.transforms) * len(self.victims)
 
     @torch.no_grad()
-    def update(self, x: Tensor, protected: Tensor, labels: Tensor, micro_batch: Callable[[object, int, str], MicroBatch],
+    def update(self, x: Tensor, protected: Tensor, labels: Tensor,
+               micro_batch: Callable[[object, int, str], MicroBatch],
                progress: Callable[[], object] | None = None) -> None:
         """Judge one batch of clean faces x and protected faces under every transform (`micro_batch(victim, B,
         "forward")`: the engine's chunking for forward-only calls; `progress()` after each transform and victim)."""
