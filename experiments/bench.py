@@ -47,30 +47,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from lightning.pytorch import Callback, LightningDataModule, Trainer
-from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
+from lightning.pytorch import Callback, Trainer
 from torch.utils.flop_counter import FlopCounterMode
 
 from advwm.attacks import PGD, BaseAttack, CMUAFusion, NoRegularizer, UniformDomains, Universal
 from advwm.attacks.chunking import Chunker, CudaMemory, FixedChunks, MemoryAwareChunks
 from advwm.attacks.domains import clean_outputs, stacked_gradients
 from advwm.attacks.module import WatermarkAttack
-from advwm.data import RepeatedBatchSampler
+from advwm.data import TensorFaces
 from advwm.victims import build_victim
 from advwm.victims.execution import apply_execution
+from advwm.victims.small import SMALL_ARCHITECTURES
 
 CMUA_VICTIMS = ("stargan", "aggan", "attgan", "hisd")
-# Tiny architectures (as the tests' 32 px runs) for --tiny: the same code paths in seconds.
-TINY_ARCH: dict[str, dict] = {
-    "stargan": {"conv_dim": 8, "repeat_num": 2},
-    "aggan": {"conv_dim": 8, "repeat_num": 2},
-    "attgan": {"enc_dim": 8, "dec_dim": 8, "enc_layers": 3, "dec_layers": 3},
-    "stgan": {"conv_dim": 8, "n_layers": 3, "shortcut_layers": 2},
-    "ugatit": {"ngf": 8, "n_blocks": 1, "light": True},
-    "hisd": {"style_dim": 8, "noise_dim": 4, "encoder": {"channels": [8, 16]}, "decoder": {"channels": [16, 8]},
-             "translators": {"channels": [8, 8]}, "extractors": {"channels": [8, 16, 16]},
-             "mappers": {"pre_channels": [8, 8], "post_channels": [8, 8]}},
-}
 REFERENCE = "reference-style (weights not frozen, per condition)"
 
 
@@ -158,7 +147,8 @@ def count_flops(fn: Callable[[], object]) -> int:
 
 # ---- per-victim plans ------------------------------------------------------------------------------------
 def make_victim(name: str, size: int, device: torch.device, tiny: bool) -> torch.nn.Module:
-    return build_victim(name, checkpoint=None, image_size=size, arch=TINY_ARCH[name] if tiny else {}).to(device)
+    arch = SMALL_ARCHITECTURES[name] if tiny else {}
+    return build_victim(name, checkpoint=None, image_size=size, arch=arch).to(device)
 
 
 def reference_style_step(victim, x, conditions, targets) -> None:
@@ -289,21 +279,9 @@ def bench_victim(name: str, size: int, batch: int, iterations: int, device: torc
 
 
 # ---- end to end: seconds per CMUA iteration --------------------------------------------------------------
-class RandomFaces(LightningDataModule):
-    """`batch` random faces in [-1, 1], one batch repeated `repeats` times (one repeat = one attack iteration)."""
-
-    def __init__(self, batch: int, size: int, repeats: int) -> None:
-        super().__init__()
-        generator = torch.Generator().manual_seed(0)
-        self.samples = [{"image": torch.rand(3, size, size, generator=generator) * 2 - 1, "labels": torch.zeros(40),
-                         "index": i, "name": f"face{i}"} for i in range(batch)]
-        self.batch, self.repeats = batch, repeats
-        self.craft_items = self.eval_items = self.samples
-        self.skipped: list[str] = []
-
-    def train_dataloader(self) -> DataLoader:
-        batches = BatchSampler(SequentialSampler(range(self.batch)), self.batch, drop_last=False)
-        return DataLoader(self.samples, batch_sampler=RepeatedBatchSampler(batches, self.repeats))
+def random_faces(batch: int, size: int) -> torch.Tensor:
+    """`batch` random faces in [-1, 1] (seed 0): what the victims see does not change their speed."""
+    return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
 
 
 class StepTimer(Callback):
@@ -338,7 +316,7 @@ def cmua_iteration(names: list[str], batch: int, size: int, steps: int, warmup: 
     started = time.perf_counter()
     try:
         with PeakMemory(device) as peak:
-            trainer.fit(module, RandomFaces(batch, size, warmup + steps))
+            trainer.fit(module, TensorFaces(random_faces(batch, size), repeats=warmup + steps))
     except torch.OutOfMemoryError as error:
         return {"error": f"out of memory: {str(error).splitlines()[0][:200]}"}
     timed_steps = timer.seconds[warmup:]

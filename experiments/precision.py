@@ -30,13 +30,12 @@ import statistics
 from pathlib import Path
 
 import torch
-from lightning.pytorch import LightningDataModule, Trainer
-from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
+from lightning.pytorch import Trainer
 
 from advwm.attacks import PGD, BaseAttack, CMUAFusion, NoRegularizer, UniformDomains, Universal
 from advwm.attacks.domains import clean_outputs, stacked_gradients
 from advwm.attacks.module import WatermarkAttack
-from advwm.data import RepeatedBatchSampler
+from advwm.data import TensorFaces
 from advwm.data.attributes import CELEBA_ATTRIBUTES
 from advwm.data.references import reference_image
 from advwm.victims import build_victim
@@ -92,22 +91,6 @@ def gradient_agreement(victim, x: torch.Tensor, eps: float, seed: int, device: t
             "relative_l2_error": ((g16 - g32).norm() / g32.norm()).item()}
 
 
-class Faces(LightningDataModule):
-    """Given faces as one crafting batch, repeated `repeats` times."""
-
-    def __init__(self, x: torch.Tensor, labels: torch.Tensor, repeats: int) -> None:
-        super().__init__()
-        self.samples = [{"image": x[i].cpu(), "labels": labels[i], "index": i, "name": f"face{i}"}
-                        for i in range(x.shape[0])]
-        self.repeats = repeats
-        self.craft_items = self.eval_items = self.samples
-        self.skipped: list[str] = []
-
-    def train_dataloader(self) -> DataLoader:
-        batches = BatchSampler(SequentialSampler(range(len(self.samples))), len(self.samples), drop_last=False)
-        return DataLoader(self.samples, batch_sampler=RepeatedBatchSampler(batches, self.repeats))
-
-
 def craft(victims: list, x: torch.Tensor, precision: str, seed: int, iterations: int,
           device: torch.device) -> torch.Tensor:
     """A universal watermark by CMUA fusion with PGD, `iterations` steps, under `precision`."""
@@ -118,7 +101,8 @@ def craft(victims: list, x: torch.Tensor, precision: str, seed: int, iterations:
                              batch_size=x.shape[0], seed=seed)
     Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, precision=precision, max_epochs=1,
             logger=False, enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False).fit(module, Faces(x, celeba_labels(x.shape[0]), iterations))
+            enable_model_summary=False).fit(module, TensorFaces(x.cpu(), repeats=iterations,
+                                                             labels=celeba_labels(x.shape[0]).cpu()))
     return module.watermark()
 
 

@@ -7,12 +7,14 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from advwm.attacks import Aggregator, BaseAttack, Regularizer, Scope
 from advwm.attacks.domains import CrossDomain
 from advwm.attacks.eot import SharingEOT
 from advwm.callbacks.evaluation import MetricSettings
 from advwm.victims.execution import ExecutionSettings
+from advwm.victims.small import SMALL_ARCHITECTURES, small_overrides
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ["attack", "aggregator", "domains", "regularizer", "eot", "scope", "data", "trainer", "logger", "experiment",
@@ -162,3 +164,14 @@ def test_gpu_fast_composes_with_a_paper_preset_and_reaches_every_victim_and_the_
     default = compose_with("+victims=[stargan,attgan]")
     assert default.trainer.precision == "32-true"
     assert all(e.compile is False and e.channels_last is False for e in default.victims.values())
+
+
+def test_the_small_architectures_overrides_compose_to_the_table() -> None:
+    """tests and dry runs share one table: as Hydra overrides it gives each victim exactly its small arch."""
+    names = list(SMALL_ARCHITECTURES)
+    overrides = [f"+victims=[{','.join(names)}]"] + [o for n in names for o in small_overrides(n)]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    for name, arch in SMALL_ARCHITECTURES.items():
+        composed = OmegaConf.to_container(cfg.victims[name].arch)
+        assert {key: composed[key] for key in arch} == arch, name

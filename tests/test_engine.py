@@ -204,7 +204,7 @@ def test_per_image_evaluation_and_export_use_each_batch_final_perturbation(tmp_p
     results = evaluation.results(module)
     assert results["judged/a"] == 3 * 2 and results["images_judged"] == 3
     saved = load_watermark(tmp_path / "watermark.pt", scope="per_image")
-    assert saved.names == ["img0", "img1", "img2"] and saved.eps == 0.05 and saved.victims == {"a": "unknown"}
+    assert saved.names == ["face0", "face1", "face2"] and saved.eps == 0.05 and saved.victims == {"a": "unknown"}
     assert torch.equal(saved.perturbations[2:], module.watermark())
     protected = (images + saved.perturbations).clamp(-1, 1)
     assert torch.allclose(protected - images, saved.perturbations, atol=1e-6)  # x + delta stays in range

@@ -14,16 +14,16 @@ import os
 
 import pytest
 import torch
-from lightning.pytorch import LightningDataModule, Trainer
-from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
+from lightning.pytorch import Trainer
 
 from advwm.attacks import PGD, BaseAttack, CMUAFusion, NoRegularizer, UniformDomains, Universal
 from advwm.attacks.chunking import CudaMemory, MemoryAwareChunks
 from advwm.attacks.domains import clean_outputs, stacked_gradients
 from advwm.attacks.module import WatermarkAttack
-from advwm.data import RepeatedBatchSampler
+from advwm.data import TensorFaces
 from advwm.victims import build_victim
 from advwm.victims.execution import apply_execution
+from advwm.victims.small import SMALL_ARCHITECTURES
 
 CUDA = torch.cuda.is_available()
 DRY_RUN = not CUDA and os.environ.get("ADVWM_GPU_DRY_RUN") == "1"  # the same tests on the CPU
@@ -34,37 +34,14 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not (CUDA or DRY_RUN), reason=
 needs_cuda = pytest.mark.skipif(not CUDA, reason="dry run on the CPU: this test reads CUDA's memory")
 
 VICTIMS = ("stargan", "aggan", "attgan", "hisd", "stgan", "ugatit")
-TINY = {  # the tests' 32 px architectures (tests/test_run.py SMALL_ARCH)
-    "stargan": {"conv_dim": 8, "repeat_num": 2},
-    "aggan": {"conv_dim": 8, "repeat_num": 2},
-    "attgan": {"enc_dim": 8, "dec_dim": 8, "enc_layers": 3, "dec_layers": 3},
-    "stgan": {"conv_dim": 8, "n_layers": 3, "shortcut_layers": 2},
-    "ugatit": {"ngf": 8, "n_blocks": 1, "light": True},
-    "hisd": {"style_dim": 8, "noise_dim": 4, "encoder": {"channels": [8, 16]}, "decoder": {"channels": [16, 8]},
-             "translators": {"channels": [8, 8]}, "extractors": {"channels": [8, 16, 16]},
-             "mappers": {"pre_channels": [8, 8], "post_channels": [8, 8]}},
-}
 SIZE = 32
-
-
-class Faces(LightningDataModule):
-    def __init__(self, batch: int, size: int, repeats: int) -> None:
-        super().__init__()
-        generator = torch.Generator().manual_seed(0)
-        self.samples = [{"image": torch.rand(3, size, size, generator=generator) * 1.8 - 0.9,
-                         "labels": (torch.arange(40) % 2).float(), "index": i, "name": f"f{i}"} for i in range(batch)]
-        self.repeats = repeats
-        self.craft_items = self.eval_items = self.samples
-        self.skipped: list[str] = []
-
-    def train_dataloader(self) -> DataLoader:
-        batches = BatchSampler(SequentialSampler(range(len(self.samples))), len(self.samples), drop_last=False)
-        return DataLoader(self.samples, batch_sampler=RepeatedBatchSampler(batches, self.repeats))
+FACES = torch.rand(4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0)) * 1.8 - 0.9
+LABELS = (torch.arange(40) % 2).float().expand(4, -1).clone()  # alternate attributes: every victim edits
 
 
 def tiny_victims(names, *, channels_last: bool, compile_network: bool) -> list:
     torch.manual_seed(0)
-    return [apply_execution(build_victim(n, checkpoint=None, arch=TINY[n], image_size=SIZE),
+    return [apply_execution(build_victim(n, checkpoint=None, arch=SMALL_ARCHITECTURES[n], image_size=SIZE),
                             channels_last=channels_last, compile=compile_network) for n in names]
 
 
@@ -75,7 +52,7 @@ def craft(victims, precision: str, iterations: int = 3, micro_batches: dict | No
                              micro_batches=micro_batches)
     Trainer(accelerator=ACCELERATOR, devices=1, precision=precision, max_epochs=1, logger=False,
             enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False).fit(module, Faces(4, SIZE, iterations))
+            enable_model_summary=False).fit(module, TensorFaces(FACES, repeats=iterations, labels=LABELS))
     return module
 
 

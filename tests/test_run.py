@@ -15,21 +15,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from advwm.pipeline import craft
+from advwm.victims.small import SMALL_ARCHITECTURES, small_overrides
 from advwm.watermark_file import load_watermark
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL_ARCH = {
-    "stargan": ["victims.stargan.arch.conv_dim=8", "victims.stargan.arch.repeat_num=2"],
-    "attgan": ["victims.attgan.arch.enc_dim=8", "victims.attgan.arch.dec_dim=8", "victims.attgan.arch.enc_layers=3",
-               "victims.attgan.arch.dec_layers=3"],
-    "aggan": ["victims.aggan.arch.conv_dim=8", "victims.aggan.arch.repeat_num=2"],
-    "stgan": ["victims.stgan.arch.conv_dim=8", "victims.stgan.arch.n_layers=3", "victims.stgan.arch.shortcut_layers=2"],
-    "ugatit": ["victims.ugatit.arch.ngf=8", "victims.ugatit.arch.n_blocks=1", "victims.ugatit.arch.light=true"],
-    "hisd": ["victims.hisd.arch.style_dim=8", "victims.hisd.arch.noise_dim=4",
-             "victims.hisd.arch.encoder.channels=[8,16]", "victims.hisd.arch.decoder.channels=[16,8]",
-             "victims.hisd.arch.translators.channels=[8,8]", "victims.hisd.arch.extractors.channels=[8,16,16]",
-             "victims.hisd.arch.mappers.pre_channels=[8,8]", "victims.hisd.arch.mappers.post_channels=[8,8]"],
-}
+SMALL_ARCH = {name: small_overrides(name) for name in SMALL_ARCHITECTURES}  # Hydra overrides per victim
 
 
 def small(*victims: str) -> list[str]:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import functools
 
 import torch
-from lightning.pytorch import LightningDataModule
-from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
 from advwm.attacks import APGD, IFGSM, MIFGSM, PGD, BaseAttack, InputDiversity, PerImage, Scope, Universal
-from advwm.data import RepeatedBatchSampler
+from advwm.data import TensorFaces  # noqa: F401  (the tests import it from here)
 
 OPTIMIZERS = {"pgd": PGD, "ifgsm": IFGSM, "mifgsm": MIFGSM, "apgd": APGD}
 
@@ -74,24 +72,3 @@ def mix_vote(protected: torch.Tensor, clean: torch.Tensor, gain: float = 1.0, of
     return (r + r.roll(-1, dims=-1)).sign()
 
 
-class TensorFaces(LightningDataModule):
-    """Given images as the crafting split (batches repeated `repeats` times) and as the held-out split."""
-
-    def __init__(self, images: torch.Tensor, batch_size: int, repeats: int) -> None:
-        super().__init__()
-        self.images = images
-        self.batch_size = batch_size
-        self.repeats = repeats
-        self.craft_items = self.eval_items = list(range(len(images)))
-        self.skipped: list[str] = []
-
-    def _samples(self) -> list[dict]:
-        return [{"image": img, "labels": torch.zeros(40), "index": i, "name": f"img{i}"}
-                for i, img in enumerate(self.images)]
-
-    def train_dataloader(self) -> DataLoader:
-        batches = BatchSampler(SequentialSampler(range(len(self.images))), self.batch_size, drop_last=False)
-        return DataLoader(self._samples(), batch_sampler=RepeatedBatchSampler(batches, self.repeats))
-
-    def eval_dataloader(self) -> DataLoader:
-        return DataLoader(self._samples(), batch_size=self.batch_size)

@@ -1,9 +1,10 @@
-"""Face data modules: CelebA (official layout), any image folder, and the bundled demo faces."""
+"""Face data modules: CelebA (official layout), any image folder, the bundled demo faces, tensors in memory."""
 
 from advwm.data.base import FaceDataModule, FaceDataset, FaceItem, NoImagesError, RepeatedBatchSampler
 from advwm.data.celeba import CelebADataModule
 from advwm.data.demo import DemoDataModule
 from advwm.data.folder import ImageFolderDataModule
+from advwm.data.tensors import TensorFaces
 
 __all__ = [
     "CelebADataModule",
@@ -14,4 +15,5 @@ __all__ = [
     "ImageFolderDataModule",
     "NoImagesError",
     "RepeatedBatchSampler",
+    "TensorFaces",
 ]
