@@ -27,21 +27,17 @@ from torchmetrics import Metric
 from advwm.attacks.domains import clean_outputs
 from advwm.callbacks.progress import evaluation_bar
 from advwm.metrics import (
-    AttackRate,
-    AverageDistortion,
     FIDWeightsMissing,
-    L2Mask,
     Liveness,
     LivenessWeightsMissing,
     PerImagePSNR,
     PerImageSSIM,
-    RuizSuccess,
-    SRMask,
     inception_weights_path,
     load_hyperfas,
     make_fid,
 )
 from advwm.metrics.robustness import RobustnessJudge, RobustnessThresholds, parse_transforms
+from advwm.metrics.success import success_metrics, update_success_metrics
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +85,7 @@ class Judge:
         self.metrics: dict[str, Metric] = {}
         for victim in victims:
             for key in [victim.name] + [f"{victim.name}/{c}" for c in victim.condition_names]:
-                self.metrics[f"sr_mask/{key}"] = SRMask(threshold=settings.success_threshold,
-                                                        mask_threshold=settings.mask_threshold)
-                self.metrics[f"l2_mask/{key}"] = L2Mask(mask_threshold=settings.mask_threshold)
-                self.metrics[f"ruiz/{key}"] = RuizSuccess(threshold=settings.ruiz_threshold)
-                self.metrics[f"avg_l/{key}"] = AverageDistortion()
-                self.metrics[f"attack_rate/{key}"] = AttackRate(tau=settings.tau)
+                self.metrics.update(success_metrics("", key, settings))
             if fid_weights is not None:
                 self.metrics[f"fid/{victim.name}"] = make_fid(feature=settings.fid_feature, weights_path=fid_weights)
             if liveness_model is not None:
@@ -132,10 +123,7 @@ class Judge:
             fakes_protected = clean_outputs(victim, protected, conditions, micro)
             for name, fake, fake_protected in zip(victim.condition_names, fakes, fakes_protected, strict=True):
                 for key in (victim.name, f"{victim.name}/{name}"):
-                    self.metrics[f"sr_mask/{key}"].update(x, fake, fake_protected)
-                    self.metrics[f"l2_mask/{key}"].update(x, fake, fake_protected)
-                    for kind in ("ruiz", "avg_l", "attack_rate"):
-                        self.metrics[f"{kind}/{key}"].update(fake, fake_protected)
+                    update_success_metrics(self.metrics, "", key, x, fake, fake_protected)
                 fid = self.metrics.get(f"fid/{victim.name}")
                 if fid is not None:
                     fid.update(fake if self.settings.fid_reference == "clean_fakes" else x, real=True)

@@ -32,12 +32,11 @@ from torchmetrics import Metric
 
 from advwm.attacks.chunking import MicroBatch
 from advwm.attacks.domains import clean_outputs
-from advwm.metrics.distortion import AttackRate, AverageDistortion, RuizSuccess
-from advwm.metrics.sr_mask import L2Mask, SRMask
+from advwm.metrics.success import SUCCESS_KINDS, success_metrics, update_success_metrics
 
 __all__ = ["ROBUST_METRICS", "RobustnessJudge", "SharingTransform", "parse_transform", "parse_transforms"]
 
-ROBUST_METRICS = ("sr_mask", "l2_mask", "ruiz", "avg_l", "attack_rate")
+ROBUST_METRICS = SUCCESS_KINDS
 AVERAGED_OVER_VICTIMS = ("sr_mask", "ruiz", "avg_l", "attack_rate")
 NAMES_HELP = ("jpeg<quality 1-100> (Pillow's JPEG), resize<factor in (0,1)> (down and back up, bicubic), "
               "blur<sigma> (Gaussian), crop<fraction in (0,1)> (central crop, resized back) or png (8 bits only), "
@@ -150,13 +149,7 @@ class RobustnessJudge:
         for transform in self.transforms:
             for victim in self.victims:
                 for key in self._keys(victim.name, victim.condition_names if per_condition else []):
-                    prefix = f"robust/{transform.name}"
-                    self.metrics[f"{prefix}/sr_mask/{key}"] = SRMask(threshold=thresholds.success_threshold,
-                                                                     mask_threshold=thresholds.mask_threshold)
-                    self.metrics[f"{prefix}/l2_mask/{key}"] = L2Mask(mask_threshold=thresholds.mask_threshold)
-                    self.metrics[f"{prefix}/ruiz/{key}"] = RuizSuccess(threshold=thresholds.ruiz_threshold)
-                    self.metrics[f"{prefix}/avg_l/{key}"] = AverageDistortion()
-                    self.metrics[f"{prefix}/attack_rate/{key}"] = AttackRate(tau=thresholds.tau)
+                    self.metrics.update(success_metrics(f"robust/{transform.name}", key, thresholds))
         for key, metric in self.metrics.items():
             self.metrics[key] = metric.to(device)
 
@@ -185,11 +178,8 @@ class RobustnessJudge:
                 for name, fake, fake_protected in zip(victim.condition_names, fakes, fakes_protected, strict=True):
                     keys = self._keys(victim.name, [name] if self.per_condition else [])
                     for key in keys:
-                        prefix = f"robust/{transform.name}"
-                        self.metrics[f"{prefix}/sr_mask/{key}"].update(shared_clean, fake, fake_protected)
-                        self.metrics[f"{prefix}/l2_mask/{key}"].update(shared_clean, fake, fake_protected)
-                        for kind in ("ruiz", "avg_l", "attack_rate"):
-                            self.metrics[f"{prefix}/{kind}/{key}"].update(fake, fake_protected)
+                        update_success_metrics(self.metrics, f"robust/{transform.name}", key, shared_clean, fake,
+                                               fake_protected)
                 if progress is not None:
                     progress()
 
