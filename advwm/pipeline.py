@@ -23,7 +23,7 @@ from advwm import io, run_folder
 from advwm.attacks.module import WatermarkAttack
 from advwm.callbacks import EvaluationCallback, WatermarkExport
 from advwm.errors import ConfigError
-from advwm.loggers import build_loggers, finish, log_results, say
+from advwm.loggers import build_loggers, finish, log_results, say, to_log_file
 from advwm.validation import check_config, check_image_size, resume_signature
 from advwm.victims import CheckpointNotFoundError, Victim, build_victim, get_spec
 from advwm.victims.execution import apply_execution
@@ -224,8 +224,8 @@ def _craft(cfg: DictConfig) -> dict[str, Any]:
     check_image_size([r.victim for r in resolved], int(cfg.image_size))  # before any face is read
     random_names = [r.victim.name for r in resolved if r.weights == "random"]
     random_note = RANDOM_WEIGHTS_NOTE.format(names=", ".join(random_names)) if random_names else None
-    if random_note:
-        log.warning(random_note)
+    if random_note:  # the console showed it first (the banner) and shows it again with the results
+        to_log_file(random_note, logging.WARNING)
     module = build_module(cfg, [r.victim for r in resolved])
     if not module.scope.allows_ddp and str(cfg.trainer.get("strategy", "auto")).startswith("ddp"):
         raise ConfigError(f"scope={module.scope.name} is not crafted under DDP: run one device per run and "

@@ -192,8 +192,9 @@ class WatermarkAttack(LightningModule):
             size = 1 if self.device.type == "cpu" else None
             if (victim.name, "auto") not in self._chunkers:  # said once per victim
                 self._chunkers[(victim.name, "auto")] = FixedChunks(size)
-                log.info("victim %s: micro_batch auto -> %s on %s", victim.name,
-                         "one (image, condition) pair at a time" if size else "all pairs at once", self.device.type)
+                # debug: on the CPU the choice is fixed (README, Speed) and a console line would cut the progress bar
+                log.debug("victim %s: micro_batch auto -> %s on %s", victim.name,
+                          "one (image, condition) pair at a time" if size else "all pairs at once", self.device.type)
         return FixedChunks(size, limit=limit, name=victim.name)
 
     def chunk_sizes(self) -> dict[str, int | None]:
