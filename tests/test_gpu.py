@@ -31,7 +31,7 @@ DEVICE = torch.device("cuda" if CUDA else "cpu")
 ACCELERATOR = "gpu" if CUDA else "cpu"
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not (CUDA or DRY_RUN), reason="needs a CUDA GPU (run on a GPU "
                                                   "machine: bash experiments/gpu_check.sh)")]
-needs_cuda = pytest.mark.skipif(not CUDA, reason="dry run on the CPU: this test reads CUDA's memory")
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU: this test reads CUDA's memory")
 
 VICTIMS = ("stargan", "aggan", "attgan", "hisd", "stgan", "ugatit")
 SIZE = 32
