@@ -213,7 +213,8 @@ def craft(cfg: DictConfig) -> dict[str, Any]:
 def _craft(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)
-    io.write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    resolved_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    io.write_text(output_dir / "config.yaml", resolved_yaml)
     pl.seed_everything(int(cfg.seed), workers=True)
 
     if cfg.get("execution") is not None:
@@ -234,7 +235,7 @@ def _craft(cfg: DictConfig) -> dict[str, Any]:
 
     export.metadata = {  # what watermark.pt says about itself (advwm.watermark_file)
         "eps": float(cfg.eps), "image_size": int(cfg.image_size),
-        "victims": {r.victim.name: r.weights for r in resolved}, "config": OmegaConf.to_yaml(cfg, resolve=True)}
+        "victims": {r.victim.name: r.weights for r in resolved}, "config": resolved_yaml}
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=build_loggers(cfg))
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 

@@ -151,12 +151,16 @@ def test_draws_depend_on_seed_step_and_victim_only() -> None:
     assert SharingEOT(samples=1).draws(2, 3, eot.generator(0, 5, 1))[0] == grid[0]  # sample-major
 
 
-def test_sharing_pairs_do_not_depend_on_the_chunking() -> None:
+def six_shared_pairs() -> tuple[SharingPairs, torch.Tensor, list[tuple[int, int]]]:
+    """One sample's transforms of every kind for 2 conditions x 3 images, six smooth images, their pairs."""
     eot = SharingEOT(samples=1, mix={"jpeg": 1, "resize": 1, "blur": 1})
     (sample,) = eot.draws(2, 3, eot.generator(0, 0, 0))
-    sharing = SharingPairs(sample)
     stacked = torch.cat([smooth_image(seed=i) for i in range(6)])
-    pairs = [(k, b) for k in range(2) for b in range(3)]
+    return SharingPairs(sample), stacked, [(k, b) for k in range(2) for b in range(3)]
+
+
+def test_sharing_pairs_do_not_depend_on_the_chunking() -> None:
+    sharing, stacked, pairs = six_shared_pairs()
     whole = sharing(stacked, pairs)
     assert torch.equal(whole, torch.cat([sharing(stacked[i:i + 1], pairs[i:i + 1]) for i in range(6)]))
     assert torch.equal(whole, torch.cat([sharing(stacked[:4], pairs[:4]), sharing(stacked[4:], pairs[4:])]))
@@ -164,11 +168,7 @@ def test_sharing_pairs_do_not_depend_on_the_chunking() -> None:
 
 def test_the_sharing_transforms_run_in_fp32_under_the_victims_bf16_autocast() -> None:
     """bf16-mixed casts the victims only: JPEG's colour/DCT matrices and the blur stay fp32 inside autocast."""
-    eot = SharingEOT(samples=1, mix={"jpeg": 1, "resize": 1, "blur": 1})
-    (sample,) = eot.draws(2, 3, eot.generator(0, 0, 0))
-    sharing = SharingPairs(sample)
-    stacked = torch.cat([smooth_image(seed=i) for i in range(6)])
-    pairs = [(k, b) for k in range(2) for b in range(3)]
+    sharing, stacked, pairs = six_shared_pairs()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         under_autocast = sharing(stacked, pairs)
     assert under_autocast.dtype == torch.float32

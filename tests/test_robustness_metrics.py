@@ -19,7 +19,6 @@ from toys import LinearVictim
 from advwm.callbacks.evaluation import Judge, MetricSettings
 from advwm.metrics.robustness import (
     RobustnessJudge,
-    RobustnessThresholds,
     parse_transform,
     parse_transforms,
 )
@@ -153,7 +152,7 @@ def test_a_flat_image_survives_every_resampler_unchanged() -> None:
 
 def judge_batch(names: list[str], victim: LinearVictim, x: torch.Tensor, delta: torch.Tensor,
                 per_condition: bool = False) -> dict:
-    judge = RobustnessJudge(parse_transforms(names), [victim], RobustnessThresholds(), torch.device("cpu"),
+    judge = RobustnessJudge(parse_transforms(names), [victim], MetricSettings(), torch.device("cpu"),
                             per_condition)
     judge.update(x, (x + delta).clamp(-1, 1), torch.zeros(x.shape[0], 40), lambda v, b, purpose: 1)
     return judge.results()

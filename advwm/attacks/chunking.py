@@ -38,9 +38,6 @@ class Chunker(ABC):
     def run(self, total: int, work: Work) -> None:
         """Call `work(rows)` for consecutive slices covering range(total), each at most the chunk size."""
 
-    def describe(self) -> str:
-        return repr(self)
-
 
 class FixedChunks(Chunker):
     """A fixed chunk size (None or <= 0: all pairs at once); an out-of-memory error is the user's to fix."""

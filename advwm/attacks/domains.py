@@ -41,16 +41,22 @@ def stack_conditions(conditions: Sequence[torch.Tensor]) -> torch.Tensor:
 
 @torch.no_grad()
 def clean_outputs(victim: torch.nn.Module, x: torch.Tensor, conditions: Sequence[torch.Tensor],
-                  micro_batch: MicroBatch) -> list[torch.Tensor]:
+                  micro_batch: MicroBatch, transform: Transform | None = None,
+                  condition_ids: Sequence[int] | None = None) -> list[torch.Tensor]:
     """G(x, c_k) for every condition, computed once per batch (the fixed targets of the distortion), in the
-    dtype of x (under autocast the victim computes in bf16; its outputs are kept in fp32)."""
+    dtype of x (under autocast the victim computes in bf16; its outputs are kept in fp32).
+
+    `transform` and `condition_ids` as in `stacked_gradients`: EOT's targets G(T_kb(x_b), c_k)."""
     batch = x.shape[0]
+    ids = list(condition_ids) if condition_ids is not None else list(range(len(conditions)))
+    pairs = [(k, b) for k in ids for b in range(batch)]
     inputs = x.repeat(len(conditions), 1, 1, 1)
     stacked = stack_conditions(conditions)
     pieces: dict[int, torch.Tensor] = {}
 
     def forward(rows: slice) -> None:
-        pieces[rows.start] = victim(inputs[rows], stacked[rows]).to(x.dtype)
+        fed = transform(inputs[rows], pairs[rows]) if transform is not None else inputs[rows]
+        pieces[rows.start] = victim(fed, stacked[rows]).to(x.dtype)
 
     as_chunker(micro_batch).run(inputs.shape[0], forward)
     outputs = torch.cat([pieces[start] for start in sorted(pieces)])

@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from advwm.attacks.chunking import MicroBatch, as_chunker
-from advwm.attacks.domains import CrossDomain, Transform, VictimGradient, stack_conditions
+from advwm.attacks.chunking import MicroBatch
+from advwm.attacks.domains import CrossDomain, Transform, VictimGradient, clean_outputs
 
 if TYPE_CHECKING:
     from advwm.attacks.aggregators.base import Aggregator
@@ -263,18 +263,8 @@ def shared_targets(victim: torch.nn.Module, clean: Tensor, conditions: Sequence[
                    micro_batch: MicroBatch, sharing: SharingPairs) -> list[Tensor | None]:
     """G(T_kb(x_b), c_k) for the chosen conditions k (None for the others), chunked like the gradients and kept
     in the dtype of the faces (under bf16 autocast the victim computes in bf16, the targets stay fp32)."""
-    batch = clean.shape[0]
-    pairs = [(k, b) for k in chosen for b in range(batch)]
-    inputs = clean.repeat(len(chosen), 1, 1, 1)
-    stacked = stack_conditions([conditions[k] for k in chosen])
-    pieces: dict[int, Tensor] = {}
-
-    def forward(rows: slice) -> None:
-        pieces[rows.start] = victim(sharing(inputs[rows], pairs[rows]), stacked[rows]).to(clean.dtype)
-
-    as_chunker(micro_batch).run(inputs.shape[0], forward)
-    outputs = torch.cat([pieces[start] for start in sorted(pieces)])
+    outputs = clean_outputs(victim, clean, [conditions[k] for k in chosen], micro_batch, sharing, chosen)
     targets: list[Tensor | None] = [None] * len(conditions)
-    for i, k in enumerate(chosen):
-        targets[k] = outputs[i * batch:(i + 1) * batch]
+    for k, output in zip(chosen, outputs, strict=True):
+        targets[k] = output
     return targets

@@ -91,7 +91,7 @@ class WatermarkAttack(LightningModule):
         self.micro_batches = dict(micro_batches or {})
         self.memory = memory  # None: the CUDA device's own (torch.cuda), read when `auto` needs it
         self.memory_margin = float(memory_margin)
-        self._chunkers: dict[tuple[str, str], Chunker] = {}
+        self._chunkers: dict[tuple[str, str], MemoryAwareChunks] = {}  # auto on CUDA: (victim, purpose)
         self._victim_autocast: tuple[str, torch.dtype] | None = None
         self.signature = dict(signature or {})
         self.eot = eot  # EOT over sharing transforms (advwm/attacks/eot.py); None = eot=none, the plain gradient
@@ -172,9 +172,9 @@ class WatermarkAttack(LightningModule):
     def micro_batch(self, victim: torch.nn.Module, batch: int, purpose: str = "gradient") -> Chunker:
         """How the (image, condition) pairs go through `victim`: a `Chunker` (advwm.attacks.chunking).
 
-        A number N: N pairs at a time; None: all at once. "auto": one pair at a time on the CPU (the 2-core
-        benchmark, experiments/bench.py, measured that fastest: 1.6x and 1.8x the reference loop for StarGAN
-        and AttGAN; stacking all conditions 0.9x and 1.4x); on a CUDA device (or with an injected `memory`)
+        A number N: N pairs at a time; None: all at once. "auto": one pair at a time on the CPU (experiments/
+        bench.py on two 2-core CPUs: fastest or within 12 % of the fastest plan for StarGAN and AttGAN, where
+        stacking all conditions was slower; README, Speed); on a CUDA device (or with an injected `memory`)
         as many pairs as the free memory holds, probed once per victim and `purpose` ("gradient": forward
         and backward; "forward": no graph, far less memory), halved and remembered on out-of-memory; on
         other accelerators all pairs at once. A victim that cannot stack conditions gets at most `batch`.
@@ -188,20 +188,14 @@ class WatermarkAttack(LightningModule):
                 self._chunkers[key] = MemoryAwareChunks(victim.name, memory, margin=self.memory_margin, limit=limit,
                                                         purpose=purpose)
             return self._chunkers[key]
-        if size == "auto":
+        if size == "auto":  # a fixed choice off CUDA (README, Speed): nothing to probe, nothing to log
             size = 1 if self.device.type == "cpu" else None
-            if (victim.name, "auto") not in self._chunkers:  # said once per victim
-                self._chunkers[(victim.name, "auto")] = FixedChunks(size)
-                # debug: on the CPU the choice is fixed (README, Speed) and a console line would cut the progress bar
-                log.debug("victim %s: micro_batch auto -> %s on %s", victim.name,
-                          "one (image, condition) pair at a time" if size else "all pairs at once", self.device.type)
         return FixedChunks(size, limit=limit, name=victim.name)
 
     def chunk_sizes(self) -> dict[str, int | None]:
         """`<victim>/<purpose>` -> the chunk `micro_batch: auto` settled on (memory-aware chunkers only): what
         the log said, for benchmarks and tests."""
-        return {f"{name}/{purpose}": chunker.size for (name, purpose), chunker in self._chunkers.items()
-                if isinstance(chunker, MemoryAwareChunks)}
+        return {f"{name}/{purpose}": chunker.size for (name, purpose), chunker in self._chunkers.items()}
 
     @contextlib.contextmanager
     def victim_precision(self) -> Iterator[None]:

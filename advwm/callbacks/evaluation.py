@@ -36,7 +36,7 @@ from advwm.metrics import (
     load_hyperfas,
     make_fid,
 )
-from advwm.metrics.robustness import RobustnessJudge, RobustnessThresholds, parse_transforms
+from advwm.metrics.robustness import RobustnessJudge, parse_transforms
 from advwm.metrics.success import success_metrics, update_success_metrics
 
 log = logging.getLogger(__name__)
@@ -99,9 +99,8 @@ class Judge:
         for key, metric in self.metrics.items():
             self.metrics[key] = metric.to(device)
         self.robustness = RobustnessJudge(  # the same metrics after sharing (metrics.robustness); None when off
-            parse_transforms(settings.robustness), victims, RobustnessThresholds(
-                settings.success_threshold, settings.mask_threshold, settings.ruiz_threshold, settings.tau),
-            device, settings.robustness_per_condition) if settings.robustness else None
+            parse_transforms(settings.robustness), victims, settings, device,
+            settings.robustness_per_condition) if settings.robustness else None
         self.samples: dict[str, dict[str, torch.Tensor]] = {}
         self.images = 0
 

@@ -32,7 +32,7 @@ from torchmetrics import Metric
 
 from advwm.attacks.chunking import MicroBatch
 from advwm.attacks.domains import clean_outputs
-from advwm.metrics.success import SUCCESS_KINDS, success_metrics, update_success_metrics
+from advwm.metrics.success import SUCCESS_KINDS, SuccessThresholds, success_metrics, update_success_metrics
 
 __all__ = ["ROBUST_METRICS", "RobustnessJudge", "SharingTransform", "parse_transform", "parse_transforms"]
 
@@ -125,14 +125,6 @@ def parse_transforms(names: Sequence[str] | None) -> list[SharingTransform]:
     return transforms
 
 
-@dataclass(frozen=True)
-class RobustnessThresholds:
-    success_threshold: float = 0.05
-    mask_threshold: float = 0.5
-    ruiz_threshold: float = 0.05
-    tau: float = 0.05
-
-
 class RobustnessJudge:
     """The success metrics under each sharing transform, fed batch by batch, read once at the end.
 
@@ -140,7 +132,7 @@ class RobustnessJudge:
     then every victim makes both fakes of the shared photos and the metrics compare them.
     """
 
-    def __init__(self, transforms: Sequence[SharingTransform], victims: Sequence, thresholds: RobustnessThresholds,
+    def __init__(self, transforms: Sequence[SharingTransform], victims: Sequence, thresholds: SuccessThresholds,
                  device: torch.device, per_condition: bool = False) -> None:
         self.transforms = list(transforms)
         self.victims = list(victims)
