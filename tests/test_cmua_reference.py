@@ -1,17 +1,30 @@
 """`cmua_reference_watermark` against the released CMUA-Watermark loop (../shared/fixtures/cmua_reference).
 
 Each case was produced by running the released code unmodified on seeded networks with its restart noise
-recorded. Single-threaded on the CPU the replay must agree to 1e-6 for the final watermark, for every
-(batch, victim) trace entry and for every condition tensor; any case in that format passes the same
-test (cases the project does not see included), because the test reads everything from the file.
+recorded; any case in that format passes the same tests (cases the project does not see included), because they
+read everything from the file.
+
+What must agree, and how exactly:
+- the conditions built from labels (StarGAN/AGGAN targets, AttGAN's attribute vectors, HiSD's tag): bit for bit;
+  HiSD's style code, which its extractor network computes, within `conftest.NETWORK_RTOL` (its last bits depend on
+  the CPU's convolution kernels);
+- the watermark and every (batch, victim) trace entry, single-threaded: to 1e-6, where this process runs ATen's
+  AVX2 or AVX-512 kernels with oneDNN's convolutions (the fixtures' README: AVX-512 and AVX2 gave identical bits;
+  the suite passed on an AMD EPYC and an Intel Xeon, both AVX-512). Where it cannot: with ATen's non-vectorised
+  kernels (`ATEN_CPU_CAPABILITY=default`) or oneDNN held to SSE4.1/AVX, a last-bit difference flips the sign of a
+  near-zero input gradient, and the sign step turns it into a pixel jump that propagates (measured on the AMD
+  EPYC: `stargan_aggan`'s first segment then differs in 815 of 3072 values, by up to 0.015). There these two
+  tests skip and say why, rather than accept a tolerance as large as a real error.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_network_values_close, network_and_label_columns
 
 from advwm.attacks.reference import cmua_reference_watermark
 from advwm.victims import Victim, build_victim
@@ -90,11 +103,63 @@ def test_advwm_builds_the_conditions_the_released_code_received(cases: list[Path
                 theirs = case["conditions"][victim.name][batch_number]
                 assert len(ours) == len(theirs), (path.stem, victim.name)
                 for mine, official in zip(ours, theirs, strict=True):
-                    if victim.name == "hisd":  # advwm's row is [style, tag]: compare the style columns
-                        mine = mine[:, : official.shape[1]]
-                    assert torch.equal(mine, official.expand_as(mine)), (path.stem, victim.name, batch_number)
+                    where = f"{path.stem}, {victim.name}, batch {batch_number}"
+                    computed, exact = network_and_label_columns(victim.name, mine)
+                    if victim.name == "hisd":  # the released code received the style alone; ours is [style, tag]
+                        assert_network_values_close(computed, official.expand_as(computed), where)
+                        assert torch.equal(exact, torch.ones_like(exact)), f"{where}: the Eyeglasses tag is 1"
+                    else:
+                        assert torch.equal(exact, official.expand_as(exact)), where
 
 
+def inexact_kernels() -> str | None:
+    """Why this process cannot reproduce the fixtures' bits (see the module docstring), or None where it can."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability not in ("AVX2", "AVX512"):
+        return f"ATen's {capability} kernels"
+    if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+        return "no oneDNN convolutions"
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if isa in ("SSE41", "AVX"):
+        return f"oneDNN held to {isa}"
+    return None
+
+
+@pytest.fixture()
+def exact_kernels() -> None:
+    why = inexact_kernels()
+    if why:
+        pytest.skip(f"the bit-exact replay holds on AVX2/AVX-512 kernels with oneDNN; this process runs {why}, where "
+                    "sign steps turn last-bit differences into pixel jumps (tests/test_cmua_reference.py docstring)")
+
+
+def segment_noise(case: dict, batch: int, victim: str) -> list[torch.Tensor]:
+    """The restart noise one (batch, victim) segment drew, in order (`noise_index`: [batch, victim, condition])."""
+    return [n for n, (b, v, _) in zip(case["noise"], case["noise_index"], strict=True) if b == batch and v == victim]
+
+
+@pytest.mark.usefixtures("exact_kernels")
+def test_every_segment_replays_from_the_recorded_watermark(cases: list[Path], tmp_path: Path) -> None:
+    """Each (batch, victim) segment, started from the previous trace entry's watermark with its own noise, ends
+    where the released code's did: a divergence is pinned to one victim on one batch, not smeared over the run."""
+    for path in cases:
+        case = load_case(path)
+        config = case["config"]
+        victims = {v.name: v for v in victims_of(case, tmp_path)}
+        batches = batches_of(case)
+        previous = None
+        for entry in case["trace"]:
+            batch, name = entry["batch"], entry["victim"]
+            watermark, _ = cmua_reference_watermark(
+                [victims[name]], [batches[batch]], factors=config["factors"], eps=config["eps"],
+                step_size=config["step_size"], iterations=config["iterations"], watermark=previous,
+                noise=iter(segment_noise(case, batch, name)), alpha=config["momentum"])
+            difference = float((watermark - entry["up"]).abs().max())
+            assert difference <= TOLERANCE, f"{path.stem}: segment (batch {batch}, {name}) differs by {difference:.3g}"
+            previous = entry["up"]
+
+
+@pytest.mark.usefixtures("exact_kernels")
 def test_every_case_replays_exactly(cases: list[Path], tmp_path: Path) -> None:
     for path in cases:
         case = load_case(path)
