@@ -19,11 +19,12 @@ from hydra.errors import InstantiationException
 from lightning.pytorch.callbacks import Callback, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from advwm import io, run_folder
 from advwm.attacks.module import WatermarkAttack
 from advwm.callbacks import EvaluationCallback, WatermarkExport
 from advwm.errors import ConfigError
-from advwm.loggers import build_loggers, finish, log_results, say, to_log_file
+from advwm.run_files import folder as run_folder
+from advwm.run_files import io
+from advwm.run_files.loggers import build_loggers, finish, log_results, say, to_log_file
 from advwm.validation import check_config, check_image_size, resume_signature
 from advwm.victims import CheckpointNotFoundError, Victim, build_victim, get_spec
 from advwm.victims.execution import apply_execution
@@ -203,7 +204,7 @@ def craft(cfg: DictConfig) -> dict[str, Any]:
     """Craft, judge and save one watermark; returns the flat metrics (also written to metrics.json).
 
     The config is checked before any work (`advwm.validation`), and the run holds its folder's lock
-    (`advwm.run_folder`) from its first write to its end: a second run in the same folder stops at once.
+    (`advwm.run_files.folder`) from its first write to its end: a second run in the same folder stops at once.
     """
     check_config(cfg)
     with run_folder.exclusive(Path(cfg.paths.output_dir)):
@@ -233,7 +234,7 @@ def _craft(cfg: DictConfig) -> dict[str, Any]:
                           "parallelise over runs (multirun) instead")
     datamodule = build_datamodule(cfg, module.aggregator.repeats(module.attack.iterations))
 
-    export.metadata = {  # what watermark.pt says about itself (advwm.watermark_file)
+    export.metadata = {  # what watermark.pt says about itself (advwm.run_files.watermark_file)
         "eps": float(cfg.eps), "image_size": int(cfg.image_size),
         "victims": {r.victim.name: r.weights for r in resolved}, "config": resolved_yaml}
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=build_loggers(cfg))

@@ -45,7 +45,7 @@ def project_root(cwd: Path | None = None) -> Path:
 
 
 def _run_group(task_name: str) -> str:
-    from advwm.loggers import run_group  # lazy: Lightning is heavy, and only W&B needs this
+    from advwm.run_files.loggers import run_group  # lazy: Lightning is heavy, and only W&B needs this
 
     return run_group(task_name)
 

@@ -23,10 +23,10 @@ from omegaconf import DictConfig
 from advwm import resolvers  # noqa: F401  (registers the config resolvers)
 from advwm.attacks.module import NonFiniteLossError
 from advwm.data import NoImagesError
-from advwm.io import DiskFullError, disk_full_message, is_disk_full
-from advwm.loggers import to_log_file
 from advwm.pipeline import ConfigError, check_weights, craft, objective
-from advwm.run_folder import DISK_FULL_ADVICE, RunFolderError
+from advwm.run_files.folder import DISK_FULL_ADVICE, RunFolderError
+from advwm.run_files.io import DiskFullError, disk_full_message, is_disk_full
+from advwm.run_files.loggers import to_log_file
 from advwm.validation import ConfigValueError, check_config
 from advwm.victims import CheckpointError, CheckpointNotFoundError
 

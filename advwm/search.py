@@ -32,8 +32,8 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
-from advwm import io
 from advwm.report.sweeps import _mask_password  # the report's: user:***@host, one implementation
+from advwm.run_files import io
 
 log = logging.getLogger(__name__)
 

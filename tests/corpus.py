@@ -38,7 +38,7 @@ against what a person sees) or *skipped/refused* with a line naming the file and
 | fifo | pipe.jpg (a FIFO) | skipped | not a regular file (never opened: it would block) |
 | folder_loop | again -> . | skipped (listing only) | symlink loop |
 
-Watermarks (`WATERMARK_CASES`, read by `advwm.watermark_file.load_watermark`) and checkpoints
+Watermarks (`WATERMARK_CASES`, read by `advwm.run_files.watermark_file.load_watermark`) and checkpoints
 (`CHECKPOINT_CASES`, read by the victims' loader) are listed with their outcome in the same way.
 """
 
@@ -306,7 +306,7 @@ def smooth_watermark(size: int = 32, eps: float = 0.05) -> torch.Tensor:
 
 def v1(tensor: torch.Tensor, *, eps: float = 0.05, victims: dict[str, str] | None = None, scope: str = "universal",
        **overrides) -> dict:
-    from advwm.watermark_file import payload
+    from advwm.run_files.watermark_file import payload
 
     data = payload(scope, tensor, [f"face{i}" for i in range(len(tensor))] if scope == "per_image" else None,
                    eps=eps, image_size=tensor.shape[-1], victims=victims or {"stargan": "official"}, config="seed: 0\n")

@@ -1,6 +1,7 @@
-"""A disk that fills up: writes through `advwm.io` to files matching a pattern fail with ENOSPC after a few bytes.
+"""A disk that fills up: writes through `advwm.run_files.io` to files matching a pattern fail with ENOSPC after a
+few bytes.
 
-In a test: `monkeypatch.setattr(advwm.io, "_open_stream", filling("images/*"))`. As a command (for the CLI's
+In a test: `monkeypatch.setattr(advwm.run_files.io, "_open_stream", filling("images/*"))`. As a command (for the CLI's
 one-line error): `python tests/full_disk.py 'images/*' <advwm.run arguments>` runs `python -m advwm.run` so.
 Also `assert_whole(folder)`: what a full disk or a kill may leave in a run folder, checked file by file.
 """
@@ -45,7 +46,8 @@ class FillingStream:
 
 
 def filling(pattern: str):
-    """An `advwm.io._open_stream` whose streams fill up for targets whose path ends like `pattern` (fnmatch)."""
+    """An `advwm.run_files.io._open_stream` whose streams fill up for targets whose path ends like `pattern`
+    (fnmatch)."""
     def open_stream(handle: int, target: Path) -> Any:
         stream = os.fdopen(handle, "wb")
         return FillingStream(stream) if fnmatch.fnmatch(str(target), f"*{pattern}") else stream
@@ -83,8 +85,8 @@ if __name__ == "__main__":
     import runpy
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import advwm.io
+    import advwm.run_files.io
 
-    advwm.io._open_stream = filling(sys.argv[1])
+    advwm.run_files.io._open_stream = filling(sys.argv[1])
     sys.argv = [sys.argv[0], *sys.argv[2:]]
     runpy.run_module("advwm.run", run_name="__main__")  # as `python -m advwm.run` (Hydra finds conf/ from there)

@@ -22,8 +22,8 @@ from PIL import Image
 from advwm.data import ImageFolderDataModule
 from advwm.data.decode import open_photo, orient
 from advwm.data.transforms import preprocess
-from advwm.protect import Job, protect_one
-from advwm.watermark_file import WatermarkError, load_watermark
+from advwm.protect.cli import Job, protect_one
+from advwm.run_files.watermark_file import WatermarkError, load_watermark
 
 REPO = Path(__file__).resolve().parents[1]
 LOADED = [c for c in PHOTO_CASES if c.loads]

@@ -17,7 +17,7 @@ from test_run import compose_run, small
 
 from advwm.data import DemoDataModule
 from advwm.pipeline import build_victims, craft
-from advwm.watermark_file import load_watermark
+from advwm.run_files.watermark_file import load_watermark
 
 pytestmark = pytest.mark.slow
 

@@ -27,8 +27,8 @@ from advwm.attacks.domains import stacked_gradients
 from advwm.attacks.module import WatermarkAttack
 from advwm.attacks.reference import cmua_reference_watermark
 from advwm.callbacks import EvaluationCallback, WatermarkExport
+from advwm.run_files.watermark_file import load_watermark
 from advwm.victims import build_victim
-from advwm.watermark_file import load_watermark
 
 torch.set_num_threads(1)
 

@@ -1,4 +1,4 @@
-"""Faces found anywhere in a photo (advwm.faces) and protected where they are (advwm.protect)."""
+"""Faces found anywhere in a photo (advwm.protect.faces) and protected where they are (advwm.protect)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from corpus import smooth_watermark, v1
 from PIL import Image
 
-from advwm.faces import CELEBA_EYES, detect_faces, fit_square, square_from_eyes
-from advwm.protect import main, watermark_map
+from advwm.protect.cli import main, watermark_map
+from advwm.protect.faces import CELEBA_EYES, detect_faces, fit_square, square_from_eyes
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

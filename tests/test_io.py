@@ -20,11 +20,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from test_run import compose_run, small
 from toys import LinearVictim, TensorFaces
 
-import advwm.io
-from advwm import io
-from advwm.checkpoint_io import AtomicCheckpointIO
+import advwm.run_files.io
 from advwm.pipeline import craft
-from advwm.watermark_file import load_watermark
+from advwm.run_files import io
+from advwm.run_files.checkpoints import AtomicCheckpointIO
+from advwm.run_files.watermark_file import load_watermark
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["+victims=[stargan]", "weights=random", "attack.iterations=2", "data.craft=[astronaut]",
@@ -59,7 +59,7 @@ def test_an_interrupted_write_keeps_the_old_file_whole_and_leaves_no_temporary(t
 def test_a_full_disk_is_one_line_naming_the_file_and_keeps_the_old_content(tmp_path: Path, monkeypatch) -> None:
     target = tmp_path / "metrics.json"
     io.save_json(target, {"sr_mask/mean": 0.5})
-    monkeypatch.setattr(advwm.io, "_open_stream", filling("metrics.json"))
+    monkeypatch.setattr(advwm.run_files.io, "_open_stream", filling("metrics.json"))
     with pytest.raises(io.DiskFullError) as caught:
         io.save_json(target, {"sr_mask/mean": 0.7, "padding": "x" * 2 * ROOM})
     message = str(caught.value)
@@ -101,7 +101,8 @@ def test_the_run_log_stays_quiet_on_a_full_disk_and_not_on_other_errors(tmp_path
     handler.close()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", return_hydra_config=True)
-    assert cfg.hydra.job_logging.handlers.file["class"] == "advwm.io.RunLogHandler"  # the run's log file uses it
+    # the run's log file uses it
+    assert cfg.hydra.job_logging.handlers.file["class"] == "advwm.run_files.io.RunLogHandler"
 
 
 def _fit_with_checkpoints(folder: Path, steps: int) -> None:
@@ -147,7 +148,7 @@ def test_every_run_writes_its_checkpoints_through_the_atomic_checkpoint_io(tmp_p
 ])
 def test_a_disk_full_during_a_run_stops_it_and_leaves_only_whole_files(tmp_path: Path, monkeypatch, full: str,
                                                                        written: bool) -> None:
-    monkeypatch.setattr(advwm.io, "_open_stream", filling(full))
+    monkeypatch.setattr(advwm.run_files.io, "_open_stream", filling(full))
     with pytest.raises(io.DiskFullError, match=f"disk full: no space left to write {tmp_path / full}"):
         craft(compose_run(tmp_path, TINY))
     files = assert_whole(tmp_path)

@@ -17,9 +17,9 @@ from advwm.attacks.losses import distortion
 from advwm.attacks.module import WatermarkAttack
 from advwm.errors import ConfigError
 from advwm.pipeline import craft
+from advwm.run_files.watermark_file import load_watermark
 from advwm.victims import build_victim
 from advwm.victims.execution import ExecutionSettings, apply_execution, check_precision
-from advwm.watermark_file import load_watermark
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -14,7 +14,7 @@ from corpus import RunsCode, smooth_watermark, v1
 from PIL import Image
 
 from advwm.data.transforms import preprocess
-from advwm.protect import Job, face_square, main, refuse_collisions
+from advwm.protect.cli import Job, face_square, main, refuse_collisions
 
 REPO = Path(__file__).resolve().parents[1]
 

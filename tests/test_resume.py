@@ -18,7 +18,7 @@ from test_run import compose_run, small
 
 from advwm.errors import ConfigError
 from advwm.pipeline import craft
-from advwm.watermark_file import load_watermark
+from advwm.run_files.watermark_file import load_watermark
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_thread")]
 

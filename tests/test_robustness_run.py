@@ -12,7 +12,7 @@ from test_run import compose_run, run_cli, small
 
 from advwm.metrics.robustness import parse_transform
 from advwm.pipeline import ConfigError, build_victims, craft
-from advwm.watermark_file import load_watermark
+from advwm.run_files.watermark_file import load_watermark
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 TINY = ["+victims=[stargan]", "weights=random", "attack.iterations=2", "data.craft=[astronaut]",

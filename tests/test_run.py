@@ -15,8 +15,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from advwm.pipeline import craft
+from advwm.run_files.watermark_file import load_watermark
 from advwm.victims.small import SMALL_ARCHITECTURES, small_overrides
-from advwm.watermark_file import load_watermark
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_ARCH = {name: small_overrides(name) for name in SMALL_ARCHITECTURES}  # Hydra overrides per victim

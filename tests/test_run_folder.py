@@ -16,13 +16,13 @@ import torch
 from full_disk import assert_whole
 from test_run import run_cli, small
 
-from advwm import run_folder
-from advwm.run_folder import RunFolderBusy, RunFolderError
+from advwm.run_files import folder as run_folder
+from advwm.run_files.folder import RunFolderBusy, RunFolderError
 
 REPO = Path(__file__).resolve().parents[1]
-HOLD = "import sys, time; from advwm import run_folder; run_folder.acquire(sys.argv[1]); print('held', flush=True); " \
-       "time.sleep(3600)"
-TRY = "import sys; from advwm import run_folder; run_folder.acquire(sys.argv[1]); print('acquired')"
+HOLD = ("import sys, time; from advwm.run_files import folder; folder.acquire(sys.argv[1]); print('held', flush=True); "
+        "time.sleep(3600)")
+TRY = "import sys; from advwm.run_files import folder; folder.acquire(sys.argv[1]); print('acquired')"
 
 
 def python(code: str, *args: str, **kwargs) -> subprocess.Popen:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from advwm.watermark_file import load_watermark
+from advwm.run_files.watermark_file import load_watermark
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["+victims=[stargan]", "weights=random", "logger=csv", "image_size=32", "victims.stargan.arch.conv_dim=8",

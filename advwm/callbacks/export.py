@@ -1,12 +1,12 @@
 """Writes what a run produces besides its metrics: the watermark (tensor + picture) and image grids.
 
-`watermark.pt` is the dict of `advwm.watermark_file.payload`: the tensor(s) plus what the run knew
+`watermark.pt` is the dict of `advwm.run_files.watermark_file.payload`: the tensor(s) plus what the run knew
 (eps, image size, victims and whether their weights were official or random, the config), so that
 `python -m advwm.protect` can check the file and warn about a watermark crafted against random victims.
 
 On an exception (a NaN, a bad image, Ctrl-C) the perturbation crafted so far is still saved, as
 `watermark.partial.pt`, so no finished work is lost; a run that never took a step has nothing to save and
-writes none. Every file is written atomically (`advwm.io`): a kill or a full disk never leaves half a file.
+writes none. Every file is written atomically (`advwm.run_files.io`): a kill or a full disk never leaves half a file.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from PIL import Image, ImageDraw
 from torchvision.utils import make_grid
 
-from advwm import io
 from advwm.data.transforms import to_unit_range
 from advwm.metrics.sr_mask import masked_l2
-from advwm.watermark_file import payload as watermark_payload
+from advwm.run_files import io
+from advwm.run_files.watermark_file import payload as watermark_payload
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class WatermarkExport(Callback):
             io.save_tensor_image(to_unit_range(image), (self.output_dir / "protected" / name).with_suffix(".png"))
 
     def payload(self, module: LightningModule) -> dict:
-        """watermark.pt's content: the perturbation(s) and the run's metadata (`advwm.watermark_file`)."""
+        """watermark.pt's content: the perturbation(s) and the run's metadata (`advwm.run_files.watermark_file`)."""
         size = int(module.perturbation.shape[-1])
         victims = self.metadata.get("victims") or {v.name: "unknown" for v in module.victims}
         meta = {"eps": float(self.metadata.get("eps", module.eps)),

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from advwm import io
+from advwm.run_files import io
 
 __all__ = [
     "FIDWeightsMissing",

@@ -4,7 +4,7 @@
 
 Each photo is read as a person sees it (upright, full bit depth, transparency kept; `advwm.data.decode`).
 The watermark lives in the victims' input space: a face square resized to `image_size`. Every face found
-in the photo (`advwm.faces`: OpenCV's Haar cascades, framed like CelebA's aligned crops) gets the
+in the photo (`advwm.protect.faces`: OpenCV's Haar cascades, framed like CelebA's aligned crops) gets the
 watermark resized to its square's size in the original photo, so the photo keeps its resolution and
 everything outside the face squares is untouched. Where two squares overlap, each pixel takes the
 watermark of the face whose square centre is nearest, so no pixel moves by more than eps. A photo with
@@ -34,9 +34,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from advwm import io
 from advwm.data.decode import IMAGE_SUFFIXES, DecodedPhoto, PhotoError, list_photos, open_photo
-from advwm.watermark_file import WatermarkError, load_watermark
+from advwm.run_files import io
+from advwm.run_files.watermark_file import WatermarkError, load_watermark
 
 Square = tuple[int, int, int]  # left, top, side
 
@@ -232,7 +232,7 @@ def protect_one(job: Job, watermark: torch.Tensor, detect: bool, center_crop: in
         print(f"warning: {job.source}: {note}", file=sys.stderr)
     width, height = photo.size
     if detect:
-        from advwm.faces import detect_faces
+        from advwm.protect.faces import detect_faces
 
         squares = [face.square for face in detect_faces(photo.on_white())]
         if not squares:
@@ -246,6 +246,3 @@ def protect_one(job: Job, watermark: torch.Tensor, detect: bool, center_crop: in
     print(f"{job.source} -> {job.target} ({len(squares)} face square(s))")
     return None
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

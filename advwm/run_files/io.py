@@ -7,7 +7,7 @@ folder (same file system, so the rename is atomic), flushes and fsyncs it, renam
 removed. A full disk (ENOSPC, or EDQUOT for a quota) becomes a `DiskFullError` whose message is one line
 naming the file and the free space left.
 
-    from advwm import io
+    from advwm.run_files import io
     io.save_json(run / "metrics.json", metrics)
     io.torch_save(payload, run / "watermark.pt")
     io.save_picture(pil_image, run / "images" / "stargan.png")

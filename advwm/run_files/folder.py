@@ -36,7 +36,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from advwm import io
+from advwm.run_files import io
 
 LOCK_NAME = ".advwm.lock"
 DISK_FULL_ADVICE = "free some space there, or write runs elsewhere (paths.log_dir=<folder on another disk>)"
@@ -94,7 +94,7 @@ def acquire(folder: str | os.PathLike) -> bool:
     """Lock `folder` (created if missing) for this process; False when this process holds it already.
 
     Raises `RunFolderBusy` when another process holds it and `RunFolderError` when it cannot be written.
-    Temporary files a killed writer left there (`advwm.io`) are removed once the lock is held.
+    Temporary files a killed writer left there (`advwm.run_files.io`) are removed once the lock is held.
     """
     key = _key(folder)
     if key in _held:
