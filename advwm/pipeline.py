@@ -124,15 +124,17 @@ def instantiate_group(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
 
 
 def build_module(cfg: DictConfig, victims: list[Victim]) -> WatermarkAttack:
-    """The attack engine from the config groups (each instantiates its class) and the resolved victims."""
+    """The attack engine from the config groups (each instantiates its class) and the resolved victims; the scope
+    names the engine (scope=amortized: one that trains a generator)."""
     try:
-        return WatermarkAttack(
+        scope = instantiate_group(cfg, "scope")
+        return scope.engine_class()(
             victims,
             aggregator=instantiate_group(cfg, "aggregator"),
             domains=instantiate_group(cfg, "domains"),
             regularizer=instantiate_group(cfg, "regularizer"),
             attack=instantiate_group(cfg, "attack"),
-            scope=instantiate_group(cfg, "scope"),
+            scope=scope,
             eps=float(cfg.eps),
             image_size=int(cfg.image_size),
             batch_size=int(cfg.data.batch_size),
@@ -262,7 +264,8 @@ def _craft(cfg: DictConfig) -> dict[str, Any]:
     wandb_lines = finish(trainer.loggers)  # where each W&B run is, how to upload an offline one
 
     say("\n" + metrics_table(metrics, [r.victim.name for r in resolved]))
-    say(f"\noutputs: {output_dir}  (watermark.pt, watermark.png, metrics.json, images/: {len(grids)} grid(s))")
+    saved = "generator.pt" if module.scope.saves == "generator" else "watermark.pt, watermark.png"
+    say(f"\noutputs: {output_dir}  ({saved}, metrics.json, images/: {len(grids)} grid(s))")
     for line in wandb_lines:
         say(line)
     if random_note:

@@ -77,7 +77,7 @@ def micro_batch_problem(key: str, value: Any) -> str | None:
 
 # The settings a checkpoint must share with the run that resumes it (what its perturbation and position mean).
 RESUME_KEYS = ("image_size", "eps", "seed", "victims", "scope", "data.batch_size", "attack", "attack.iterations",
-               "aggregator")
+               "aggregator", "scope.width", "scope.depth", "scope.gain")  # the last three: scope=amortized's generator
 
 
 def resume_signature(cfg: DictConfig) -> dict[str, Any]:
@@ -112,9 +112,9 @@ def checkpoint_problem(value: Any, cfg: DictConfig) -> str | None:
         return f"ckpt_path={value}: no such file: {hint}"
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # maps, reads little
-        perturbation = checkpoint["state_dict"]["perturbation"]
-        side = int(perturbation.shape[-1])
+        state = checkpoint["state_dict"]
         saved = checkpoint.get("advwm_signature")
+        side = None if saved else int(state["perturbation"].shape[-1])  # signed ones may hold a generator instead
     except Exception as error:  # noqa: BLE001  (whatever makes it unreadable: truncated, not torch, not advwm)
         reason = " ".join([type(error).__name__ + ":", *str(error).strip().splitlines()[:1]])
         return f"ckpt_path={value} is not a checkpoint of an advwm run ({reason[:160]}): {hint}"

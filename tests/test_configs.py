@@ -198,8 +198,26 @@ def _built(attack: BaseAttack, eps: float = 0.05):
     return attack.build([torch.zeros(1, 3, 2, 2, requires_grad=True)], eps=eps, schedule_length=attack.iterations)
 
 
+# the optimisers of scope=amortized's generator weights (advwm.attacks.amortized.GeneratorTraining): choice ->
+# (torch optimizer class, learning rate, steps per batch)
+GENERATOR_ATTACKS = {"adam": ("Adam", 0.001, 1)}
+
+
 def test_every_attack_choice_is_documented_here() -> None:
-    assert set(ATTACKS) == {p.stem for p in (CONF / "attack").glob("*.yaml")}
+    assert set(ATTACKS) | set(GENERATOR_ATTACKS) == {p.stem for p in (CONF / "attack").glob("*.yaml")}
+
+
+@pytest.mark.parametrize("choice", sorted(GENERATOR_ATTACKS))
+def test_generator_optimizer_configs_build_the_documented_torch_optimizer(choice: str) -> None:
+    import torch
+
+    name, lr, iterations = GENERATOR_ATTACKS[choice]
+    attack = instantiate(compose_with(f"attack={choice}").attack)
+    weight = torch.zeros(2, requires_grad=True)
+    optimizer = attack.build([weight], eps=0.05, schedule_length=1)
+    assert attack.trains_generator and type(optimizer).__name__ == name
+    assert optimizer.param_groups[0]["lr"] == lr == attack.step_size and attack.iterations == iterations
+    assert optimizer.param_groups[0]["params"] == [weight] and attack.diversity is None
 
 
 @pytest.mark.parametrize("choice", sorted(ATTACKS))
@@ -233,7 +251,16 @@ METHODS = {
 
 
 def test_every_method_is_documented_here() -> None:
-    assert set(METHODS) == {p.stem for p in (CONF / "method").glob("*.yaml")}
+    assert set(METHODS) | {"amortized"} == {p.stem for p in (CONF / "method").glob("*.yaml")}
+
+
+def test_the_amortized_method_builds_a_generator_trained_by_adam_over_mgda_with_the_penalty() -> None:
+    cfg = compose_with("+victims=[stargan]", "+method=amortized")
+    scope, attack = instantiate(cfg.scope), instantiate(cfg.attack)
+    assert scope.name == "amortized" and scope.architecture() == {"width": 32, "depth": 3, "gain": 3.0}
+    assert attack.trains_generator and attack.name == "adam" and cfg.trainer.max_epochs == 20
+    assert type(instantiate(cfg.aggregator)).__name__ == "MGDA"
+    assert type(instantiate(cfg.regularizer)).__name__ == "PenaltyRegularizer"
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

@@ -75,6 +75,7 @@ class WatermarkAttack(LightningModule):
             raise ValueError("no victim: choose at least one, e.g. +victims=[stargan,attgan]")
         if not 0 < eps <= 1:
             raise ValueError(f"eps must lie in (0, 1] (image units in [-1, 1]), got {eps}")
+        scope.check(attack=attack, aggregator=aggregator)
         aggregator.validate(attack=attack, scope=scope, victims=len(victims))
         if eot is not None:
             eot.check(attack=attack, aggregator=aggregator)
@@ -86,6 +87,7 @@ class WatermarkAttack(LightningModule):
         self.attack = attack
         self.scope = scope
         self.eps = float(eps)
+        self.image_size = int(image_size)
         self.seed = int(seed)
         self.step_scales = {v.name: float((step_scales or {}).get(v.name, 1.0)) for v in self.victims}
         self.micro_batches = dict(micro_batches or {})
@@ -95,12 +97,16 @@ class WatermarkAttack(LightningModule):
         self._victim_autocast: tuple[str, torch.dtype] | None = None
         self.signature = dict(signature or {})
         self.eot = eot  # EOT over sharing transforms (advwm/attacks/eot.py); None = eot=none, the plain gradient
-        self.perturbation = torch.nn.Parameter(torch.zeros(scope.rows(batch_size), 3, image_size, image_size))
+        self._create_trained_state(batch_size, image_size)
         self.register_buffer("started", torch.tensor(False))
         self.iteration = 0  # iterations done in this run, a resumed one included (the data module reads it)
         self._batch: tuple[list[list[torch.Tensor]], list[list[torch.Tensor]]] | None = None
         self._iteration: Iteration | None = None
         self.finished_batch: dict | None = None  # per image: the batch whose last iteration just ended
+
+    def _create_trained_state(self, batch_size: int, image_size: int) -> None:
+        """What crafting updates: the perturbation's rows (the amortized engine: a generator's weights instead)."""
+        self.perturbation = torch.nn.Parameter(torch.zeros(self.scope.rows(batch_size), 3, image_size, image_size))
 
     # ---- Lightning plumbing -------------------------------------------------------------------------
     def configure_optimizers(self) -> SignStepAttack:
@@ -169,6 +175,24 @@ class WatermarkAttack(LightningModule):
         """x + delta, kept in the valid image range [-1, 1]."""
         return (x + self.perturbation).clamp(-1.0, 1.0)
 
+    def batch_protected(self, iteration: Iteration) -> torch.Tensor:
+        """The iteration's protected faces, where the victims' gradients are taken."""
+        return self.protect(iteration.x)
+
+    def ascend(self, direction: torch.Tensor, loss: torch.Tensor, iteration: Iteration, needed: Sequence[int]) -> None:
+        """One base-attack step along the combined direction [P,...] (`loss` [P]: the rows' loss, APGD's), the image
+        range kept; after APGD's last step, its best point by the loss of the `needed` victims at the last one."""
+        attack = self.base_attack
+        self.perturbation.grad = self.scope.all_reduce(self, direction).to(self.perturbation.dtype)
+        self.take_step(loss=loss)
+        self.perturbation.grad = None
+        self.scope.keep_in_image_range(self, iteration.x)
+        if attack.wants_final_loss():  # APGD returns the best point it has seen, the last one included
+            with torch.no_grad():
+                final = sum(self.scope.loss_rows(self.victim_loss(j, iteration)) for j in needed)
+            attack.finish(self.scope.all_reduce(self, final))
+            self.scope.keep_in_image_range(self, iteration.x)
+
     def micro_batch(self, victim: torch.nn.Module, batch: int, purpose: str = "gradient") -> Chunker:
         """How the (image, condition) pairs go through `victim`: a `Chunker` (advwm.attacks.chunking).
 
@@ -218,7 +242,7 @@ class WatermarkAttack(LightningModule):
         """Victim j's per-image gradient and loss at the current perturbation under the cross-domain mode."""
         victim, x = self.victims[j], iteration.x
         transform = self._diversity_for(j, x, len(iteration.conditions[j]))
-        protected = self.protect(x).detach()
+        protected = self.batch_protected(iteration).detach()
         gradient = self.domains.gradient if self.eot is None else self.eot.around(
             self.domains, x, seed=self.seed, step=self.iteration, victim_index=j)  # EOT: the mean over its draws
         with self.victim_precision():
@@ -232,7 +256,7 @@ class WatermarkAttack(LightningModule):
     def victim_loss(self, j: int, iteration: Iteration) -> torch.Tensor:
         """Victim j's per-image loss at the current perturbation, forward only (no input diversity)."""
         victim, x = self.victims[j], iteration.x
-        protected = self.protect(x)
+        protected = self.batch_protected(iteration)
         with self.victim_precision():
             return self.domains.loss(victim, protected, iteration.conditions[j], iteration.targets[j],
                                      iteration.step, self.micro_batch(victim, x.shape[0], "forward"))

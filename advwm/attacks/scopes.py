@@ -14,7 +14,9 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
+    from advwm.attacks.aggregators.base import Aggregator
     from advwm.attacks.module import WatermarkAttack
+    from advwm.attacks.steps import BaseAttack
 
 __all__ = ["BATCH_REDUCTIONS", "FUSED_STEPS", "PerImage", "Scope", "Universal", "image_level_fusion"]
 
@@ -37,6 +39,20 @@ class Scope(ABC):
     name: ClassVar[str]
     judges_held_out: ClassVar[bool]  # True: judged on held-out faces at the end; False: each crafted batch
     allows_ddp: ClassVar[bool]
+    saves: ClassVar[str]  # what the run writes: "watermark" (one [3,S,S]), "perturbations" (one per face), "generator"
+
+    def check(self, *, attack: BaseAttack, aggregator: Aggregator) -> None:
+        """Refuse a base attack or aggregator this scope cannot craft with (ValueError, one line)."""
+        if attack.trains_generator:
+            raise ValueError(f"{attack.label} trains the perturbation generator of scope=amortized: choose "
+                             f"scope=amortized, or a sign-step attack (attack=pgd, ifgsm, mifgsm, di2fgsm, mdi2fgsm, "
+                             f"apgd) for scope={self.name}")
+
+    def engine_class(self) -> type[WatermarkAttack]:
+        """The engine that crafts with this scope (the amortized scope trains a generator instead)."""
+        from advwm.attacks.module import WatermarkAttack
+
+        return WatermarkAttack
 
     @abstractmethod
     def rows(self, batch_size: int) -> int:
@@ -92,6 +108,7 @@ class Universal(Scope):
     name = "universal"
     judges_held_out = True
     allows_ddp = True
+    saves = "watermark"
 
     def __init__(self, batch_reduction: str = "sign_mean", fused_step: str = "mean") -> None:
         if batch_reduction not in BATCH_REDUCTIONS:
@@ -138,6 +155,7 @@ class PerImage(Scope):
     name = "per_image"
     judges_held_out = False
     allows_ddp = False  # parallelise over runs (multirun) instead
+    saves = "perturbations"
 
     def rows(self, batch_size: int) -> int:
         return batch_size

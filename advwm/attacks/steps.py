@@ -408,6 +408,8 @@ class BaseAttack:
     iterations: int = 10
     diversity: InputDiversity | None = None
     name: str | None = None
+    #: True for the optimiser of scope=amortized's generator (advwm.attacks.amortized.GeneratorTraining)
+    trains_generator: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         if not (self.step_size > 0 and math.isfinite(self.step_size)):

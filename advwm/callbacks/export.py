@@ -24,6 +24,7 @@ from torchvision.utils import make_grid
 from advwm.data.transforms import to_unit_range
 from advwm.metrics.sr_mask import masked_l2
 from advwm.run_files import io
+from advwm.run_files.generator_file import payload as generator_payload
 from advwm.run_files.watermark_file import payload as watermark_payload
 
 log = logging.getLogger(__name__)
@@ -105,11 +106,13 @@ class WatermarkExport(Callback):
 
     def payload(self, module: LightningModule) -> dict:
         """watermark.pt's content: the perturbation(s) and the run's metadata (`advwm.run_files.watermark_file`)."""
-        size = int(module.perturbation.shape[-1])
+        size = int(module.image_size)
         victims = self.metadata.get("victims") or {v.name: "unknown" for v in module.victims}
         meta = {"eps": float(self.metadata.get("eps", module.eps)),
                 "image_size": int(self.metadata.get("image_size", size)),
                 "victims": dict(victims), "config": self.metadata.get("config")}
+        if module.scope.saves == "generator":  # scope=amortized: generator.pt (advwm.run_files.generator_file)
+            return generator_payload(module.generator, **meta)
         if module.scope.judges_held_out:
             return watermark_payload("universal", module.watermark(), **meta)
         stacked = torch.cat(self.per_image) if self.per_image else torch.empty(0, 3, size, size)
@@ -118,6 +121,10 @@ class WatermarkExport(Callback):
     def save(self, module: LightningModule, name: str = "watermark") -> Path:
         path = self.output_dir / f"{name}.pt"
         payload = self.payload(module)
+        if module.scope.saves == "generator":  # no picture: each face gets its own perturbation
+            path = self.output_dir / f"{name.replace('watermark', 'generator', 1)}.pt"
+            io.torch_save(payload, path)
+            return path
         io.torch_save(payload, path)
         picture = payload["watermark"] if payload["scope"] == "universal" else payload["perturbations"][:16]
         if picture.numel():

@@ -28,7 +28,7 @@ class WatermarkSnapshots(Callback):
                            batch_idx: int) -> None:
         step = int(trainer.global_step)
         last = step >= trainer.estimated_stepping_batches
-        if not pl_module.scope.judges_held_out or not (step % self.every == 0 or last) or not trainer.is_global_zero:
+        if pl_module.scope.saves != "watermark" or not (step % self.every == 0 or last) or not trainer.is_global_zero:
             return
         loggers = self._wandb(trainer)
         if not loggers:

@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import torch
 from PIL import Image
 
 from advwm.data.base import FaceDataModule, FaceItem
 from advwm.data.labels import label_vector
+from advwm.data.transforms import preprocess
 
 
 def _astronaut() -> Image.Image:
@@ -74,3 +76,29 @@ class DemoDataModule(FaceDataModule):
 
     def load_items(self) -> tuple[list[FaceItem], list[FaceItem]]:
         return [demo_item(s) for s in self.craft], [demo_item(s) for s in self.evaluate]
+
+
+def demo_variants(spec: str, count: int, image_size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """`count` framings of demo face `spec` ([count,3,S,S] in [-1, 1]) and its labels ([count,40]): the face's box
+    shifted by up to 10 % of its side and scaled by 0.9-1.1, every second one mirrored, drawn with `seed`.
+
+    Why: the bundled photos are two people; training a generator and judging it on a person it never saw (the
+    amortized scope's tests and experiments/protection_modes.py) need more than one image per person, without a
+    download. Different framings are different inputs to the generator; the held-out person stays unseen.
+    """
+    name, _, _ = spec.partition("@")
+    item = demo_item(name)
+    face = DEMO_FACES[name]
+    photo = item.open()
+    left, top, right, bottom = face.box
+    side = right - left
+    generator = torch.Generator().manual_seed(seed)
+    images = []
+    for index in range(count):
+        shift_x, shift_y, scale = (torch.rand(3, generator=generator) * 2 - 1).tolist()
+        half = side * (1 + 0.1 * scale) / 2
+        cx, cy = (left + right) / 2 + 0.1 * side * shift_x, (top + bottom) / 2 + 0.1 * side * shift_y
+        box = (round(cx - half), round(cy - half), round(cx + half), round(cy + half))
+        image = preprocess(photo, image_size, box=box)
+        images.append(image.flip(-1) if index % 2 else image)
+    return torch.stack(images), item.labels.expand(count, -1).clone()

@@ -1,8 +1,9 @@
 """Aggregators that combine the victims' gradients into one direction for one base-attack step.
 
 The iteration: the victims this step needs -> each one's per-image gradient and loss (cross-domain mode,
-input diversity) -> the scope's rows -> the regulariser -> `combine` -> the base attack's step and
-projection (-> for APGD, the loss at its last point, so it can return the best point it has seen).
+input diversity) -> the scope's rows -> the regulariser -> `combine` -> `engine.ascend`: the base attack's step
+and projection (-> for APGD, the loss at its last point, so it can return the best point it has seen), or, for
+scope=amortized, the direction back-propagated into the generator's weights and its optimiser's step.
 
 MGDA (CDMAA section 3.3) and the ablation baselines of CDMAA Table 3: uniform, iterative, single.
 """
@@ -47,16 +48,7 @@ class CombiningAggregator(Aggregator):
             engine.log_victim(j, result.loss)
         stacked_losses = torch.stack(losses)
         direction = self.combine(torch.stack(grads), stacked_losses, iteration.step)
-        attack = engine.base_attack
-        engine.perturbation.grad = engine.scope.all_reduce(engine, direction).to(engine.perturbation.dtype)
-        engine.take_step(loss=stacked_losses.sum(dim=0))
-        engine.perturbation.grad = None
-        engine.scope.keep_in_image_range(engine, iteration.x)
-        if attack.wants_final_loss():  # APGD returns the best point it has seen, the last one included
-            with torch.no_grad():
-                final = sum(engine.scope.loss_rows(engine.victim_loss(j, iteration)) for j in needed)
-            attack.finish(engine.scope.all_reduce(engine, final))
-            engine.scope.keep_in_image_range(engine, iteration.x)
+        engine.ascend(direction, stacked_losses.sum(dim=0), iteration, needed)
         return stacked_losses.sum(dim=0).mean()
 
 
