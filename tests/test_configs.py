@@ -254,13 +254,13 @@ def test_every_method_is_documented_here() -> None:
     assert set(METHODS) | {"amortized"} == {p.stem for p in (CONF / "method").glob("*.yaml")}
 
 
-def test_the_amortized_method_builds_a_generator_trained_by_adam_over_mgda_with_the_penalty() -> None:
+def test_the_amortized_method_builds_a_generator_trained_by_adam_over_mgda_with_unit_norm_gradients() -> None:
     cfg = compose_with("+victims=[stargan]", "+method=amortized")
     scope, attack = instantiate(cfg.scope), instantiate(cfg.attack)
     assert scope.name == "amortized" and scope.architecture() == {"width": 32, "depth": 3, "gain": 3.0}
     assert attack.trains_generator and attack.name == "adam" and cfg.trainer.max_epochs == 20
     assert type(instantiate(cfg.aggregator)).__name__ == "MGDA"
-    assert type(instantiate(cfg.regularizer)).__name__ == "PenaltyRegularizer"
+    assert type(instantiate(cfg.regularizer)).__name__ == "L2Regularizer"
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

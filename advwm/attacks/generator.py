@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812  (torch's own convention)
 from torch import Tensor, nn
 
-__all__ = ["ARCHITECTURE_KEYS", "PerturbationGenerator"]
+__all__ = ["ARCHITECTURE_KEYS", "PerturbationGenerator", "per_face_unit_rms"]
 
 ARCHITECTURE_KEYS = ("width", "depth", "gain")
 _TINY = 1e-12  # a face whose z is all zero gets delta = 0, not NaN
@@ -39,6 +39,15 @@ def _block(channels_in: int, channels_out: int, stride: int = 1) -> nn.Sequentia
     return nn.Sequential(
         nn.Conv2d(channels_in, channels_out, 3, stride=stride, padding=1), nn.LeakyReLU(0.2),
         nn.Conv2d(channels_out, channels_out, 3, padding=1), nn.LeakyReLU(0.2))
+
+
+def per_face_unit_rms(z: Tensor) -> Tensor:
+    """z [B,...] divided by each face's root mean square, safe for any values: scaled by the largest |z| first (no
+    overflow of z^2), infinities and NaN mapped to finite numbers; a face whose z is all zero stays zero."""
+    z = torch.nan_to_num(z)
+    largest = z.abs().flatten(1).amax(dim=1).clamp_min(_TINY).view(-1, *([1] * (z.dim() - 1)))
+    scaled = z / largest
+    return scaled / scaled.pow(2).flatten(1).mean(dim=1).add(_TINY).sqrt().view_as(largest)
 
 
 class PerturbationGenerator(nn.Module):
@@ -83,9 +92,7 @@ class PerturbationGenerator(nn.Module):
         return self.head(x)
 
     def forward(self, x: Tensor) -> Tensor:
-        z = self.logits(x)
-        rms = z.pow(2).flatten(1).mean(dim=1).add(_TINY).sqrt().view(-1, 1, 1, 1)
-        return self.eps * torch.tanh(self.gain * z / rms)
+        return self.eps * torch.tanh(self.gain * per_face_unit_rms(self.logits(x)))
 
     def megabytes(self) -> float:
         """The weights' size in MB (float32)."""

@@ -109,8 +109,8 @@ def _load_weights(path: Path, generator: PerturbationGenerator, weights: Any) ->
                              f"{len(missing)} missing (e.g. {missing[:1]}), {len(extra)} unexpected (e.g. {extra[:1]})")
     for name, value in weights.items():
         if value.shape != expected[name].shape:
-            raise GeneratorError(f"{path}: weight {name} is {list(value.shape)}, the architecture it names ({named}) "
-                                 f"needs {list(expected[name].shape)}")
+            raise GeneratorError(f"{path}: its weights do not fit the architecture it names ({named}): {name} is "
+                                 f"{list(value.shape)}, that architecture needs {list(expected[name].shape)}")
         if not value.is_floating_point() or not torch.isfinite(value).all():
             raise GeneratorError(f"{path}: weight {name} holds non-finite or non-float values; the run that wrote it "
                                  "diverged or the file was altered")
