@@ -30,6 +30,41 @@ class Mutation:
     tests: tuple[str, ...]
 
 
+AMORTIZED_TESTS = ("tests/test_amortized.py", "-m", "not slow")
+AMORTIZED_SLOW = ("tests/test_amortized.py", "-m", "slow", "-k")
+AMORTIZED = [  # scope=amortized (advwm/attacks/amortized.py, generator.py, run_files/generator_file.py)
+    Mutation("amortized: delta without tanh's bound", "advwm/attacks/generator.py",
+             "return self.eps * torch.tanh(self.gain * per_face_unit_rms(self.logits(x)))",
+             "return self.eps * (self.gain * per_face_unit_rms(self.logits(x)))", AMORTIZED_TESTS),
+    Mutation("amortized: x + delta not kept in [-1, 1]", "advwm/attacks/amortized.py",
+             "return (x + self.generator(x)).clamp(-1.0, 1.0)", "return (x + self.generator(x))", AMORTIZED_TESTS),
+    Mutation("amortized: faces' directions not scaled to unit rms", "advwm/attacks/amortized.py",
+             "surrogate = -(protected * unit_rms(direction.detach())", "surrogate = -(protected * (direction.detach())",
+             AMORTIZED_TESTS),
+    Mutation("amortized: the weights descend the victims' loss", "advwm/attacks/amortized.py",
+             "surrogate = -(protected * unit_rms", "surrogate = (protected * unit_rms", AMORTIZED_TESTS),
+    Mutation("amortized: a NaN or infinite output normalised to NaN", "advwm/attacks/generator.py",
+             "    z = torch.nan_to_num(z)\n", "", AMORTIZED_TESTS),
+    Mutation("amortized: generator.pt's weight shapes unchecked", "advwm/run_files/generator_file.py",
+             "        if value.shape != expected[name].shape:", "        if False:", AMORTIZED_TESTS),
+    Mutation("amortized: the generator under the victims' bf16", "advwm/attacks/amortized.py",
+             "            self._current = (iteration, self.protect(iteration.x))",
+             "            with self.victim_precision():\n"
+             "                self._current = (iteration, self.protect(iteration.x))",
+             AMORTIZED_TESTS),
+    Mutation("amortized: gradients not all-reduced under DDP", "advwm/attacks/amortized.py",
+             "        self.manual_backward(surrogate)", "        surrogate.backward()", (*AMORTIZED_SLOW, "ddp")),
+    Mutation("amortized: Adam's moments lost on resume", "advwm/attacks/amortized.py",
+             "    def configure_optimizers(self) -> Optimizer:",
+             "    def on_load_checkpoint(self, checkpoint: dict) -> None:\n"
+             "        super().on_load_checkpoint(checkpoint)\n"
+             "        checkpoint['optimizer_states'][0]['state'] = {}\n\n"
+             "    def configure_optimizers(self) -> Optimizer:",
+             (*AMORTIZED_SLOW, "resumed")),
+    Mutation("amortized: the generator's width not in the resume signature", "advwm/validation.py",
+             '"aggregator", "scope.width", "scope.depth", "scope.gain")', '"aggregator", "scope.depth", "scope.gain")',
+             (*AMORTIZED_SLOW, "another_generator")),
+]
 ENGINE = ("tests/test_engine.py", "tests/test_steps.py", "tests/test_aggregators.py", "tests/test_regularizers.py")
 MUTATIONS = [
     Mutation("CMUA fused step re-signed in mean mode", "advwm/attacks/scopes.py",
@@ -153,6 +188,7 @@ MUTATIONS = [
              "return [row.unsqueeze(0).repeat(batch, 1) for row in self.condition_rows]",
              "return [(row + 1e-3).unsqueeze(0).repeat(batch, 1) for row in self.condition_rows]",
              ("tests/test_victims_fixtures.py", "tests/test_cmua_reference.py")),
+    *AMORTIZED,
 ]
 
 
