@@ -122,7 +122,7 @@ def test_every_table_row_method_composes(method: str) -> None:
     assert isinstance(instantiate(cfg.attack), BaseAttack) and isinstance(instantiate(cfg.aggregator), Aggregator)
 
 
-PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml") if p.stem != "demo")
+PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml") if p.stem not in ("demo", "protection_modes"))
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -144,6 +144,26 @@ def test_paper_presets_are_one_multirun_over_the_table_rows(preset: str) -> None
         assert (cfg.data.n_craft, cfg.data.sample, cfg.data.partition) == (100, "random", "test")
     else:  # CMUA: the first 128 test faces craft the watermark
         assert (cfg.data.n_craft, cfg.data.sample, cfg.data.partition) == (128, "first", "test")
+
+
+def test_protection_modes_runs_the_three_modes_on_the_same_victims_and_faces() -> None:
+    """Universal and amortized learn from the crafting faces and are judged on the held-out ones; per image crafts on
+    (and is judged on) those same held-out faces; everything else is shared."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=protection_modes"], return_hydra_config=True)
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+    assert dict(cfg.hydra.sweeper.params) == {"+method": "cmua,amortized,cdmaa_held_out"}
+    rows = {m: compose_with("experiment=protection_modes", f"+method={m}") for m in ("cmua", "amortized",
+                                                                                   "cdmaa_held_out")}
+    scopes = {m: instantiate(c.scope).name for m, c in rows.items()}
+    assert scopes == {"cmua": "universal", "amortized": "amortized", "cdmaa_held_out": "per_image"}
+    assert {m: c.data.get("craft_split", "crafting") for m, c in rows.items()} == {
+        "cmua": "crafting", "amortized": "crafting", "cdmaa_held_out": "held_out"}
+    for key in ("victims", "eps", "image_size", "seed", "data.n_craft", "data.n_eval", "data.root", "data.sample"):
+        values = {str(OmegaConf.select(c, key)) for c in rows.values()}
+        assert len(values) == 1, key
+    assert set(rows["cmua"].victims) == {"stargan", "attgan", "stgan", "ugatit"}
+    assert (rows["cmua"].data.n_craft, rows["cmua"].data.n_eval) == (128, 100)
 
 
 def test_victims_override_reaches_each_victim() -> None:
@@ -247,6 +267,7 @@ METHODS = {
     "cdmaa_ifgsm_eps006": ("ifgsm", "MGDA", ("per_image", None), 0.06, 80),
     "cdmaa_mifgsm": ("mifgsm", "MGDA", ("per_image", None), 0.05, 80),
     "cdmaa_apgd": ("apgd", "MGDA", ("per_image", None), 0.05, 80),
+    "cdmaa_held_out": ("ifgsm", "MGDA", ("per_image", None), 0.05, 80),
 }
 
 

@@ -119,3 +119,17 @@ def test_demo_faces_are_real_photos_split_craft_and_held_out() -> None:
     assert image.shape == (2, 3, 32, 32) and image.min() >= -1 and image.max() <= 1
     assert image.std() > 0.1  # a photo, not a flat colour
     assert torch.allclose(image[1], image[0].flip(-1), atol=1e-5)  # the mirrored variant
+
+
+def test_craft_split_held_out_crafts_on_the_held_out_faces_and_a_wrong_split_is_named() -> None:
+    """A per-image run in experiment=protection_modes protects the faces the other modes are judged on."""
+    module = DemoDataModule(craft=["astronaut"], evaluate=["grace_hopper", "grace_hopper@mirror"], image_size=16,
+                            craft_split="held_out")
+    module.setup()
+    assert [i.name for i in module.craft_items] == [i.name for i in module.eval_items] == [
+        "grace_hopper", "grace_hopper@mirror"]
+    plain = DemoDataModule(craft=["astronaut"], evaluate=["grace_hopper"], image_size=16)
+    plain.setup()
+    assert [i.name for i in plain.craft_items] == ["astronaut"]
+    with pytest.raises(ValueError, match="data.craft_split must be one of"):
+        DemoDataModule(craft_split="evaluation")

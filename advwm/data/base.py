@@ -23,6 +23,9 @@ from advwm.data.transforms import preprocess
 log = logging.getLogger(__name__)
 
 
+CRAFT_SPLITS = ("crafting", "held_out")
+
+
 class NoImagesError(RuntimeError):
     """A data source has no readable image: nothing to craft on."""
 
@@ -134,7 +137,9 @@ class FaceDataModule(LightningDataModule):
     """Base class: subclasses say which faces are crafted on and which are held out for evaluation.
 
     The crafting split is what the watermark is optimised on; the held-out split is what it is judged
-    on (for a per-image attack, the crafted images themselves are judged).
+    on (for a per-image attack, the crafted images themselves are judged). `craft_split: held_out` crafts on the
+    held-out faces instead: a per-image run then protects exactly the faces a universal or amortized run with the
+    same data is judged on (experiment=protection_modes).
     """
 
     def __init__(
@@ -144,8 +149,12 @@ class FaceDataModule(LightningDataModule):
         eval_batch_size: int = 8,
         repeats: int = 1,
         num_workers: int = 0,
+        craft_split: str = "crafting",
     ) -> None:
         super().__init__()
+        if craft_split not in CRAFT_SPLITS:
+            raise ValueError(f"data.craft_split must be one of {CRAFT_SPLITS}, got {craft_split!r}")
+        self.craft_split = craft_split
         self.image_size = image_size
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
@@ -169,6 +178,8 @@ class FaceDataModule(LightningDataModule):
         if self._ready:
             return
         craft, held_out = self.load_items()
+        if self.craft_split == "held_out":
+            craft = held_out
         self.craft_items, skipped_craft = readable(craft, self.source)
         self.eval_items, skipped_eval = readable(held_out, self.source)
         self.skipped = list(self.unlisted) + skipped_craft + skipped_eval
