@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +39,9 @@ def _figure(width: float, height: float, layout: str | None = None):
 
 def _png(figure) -> bytes:
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", bbox_inches="tight")
+    with warnings.catch_warnings():  # a name in a script the font lacks (CJK, emoji) is drawn as boxes: the
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")  # tables show it, no console noise
+        figure.savefig(buffer, format="png", bbox_inches="tight")
     return buffer.getvalue()
 
 

@@ -108,8 +108,8 @@ def curve_charts(methods: Sequence[SeedGroup], prefix: str = "", victims: Sequen
     labels, keyed = short_labels([m.label + (" †" if m.random_victims else "") for m in methods])
     charts = []
     for family in sorted(families, key=_family_order):
-        series = sorted(families[family], key=lambda name: (name in ("mean", "total"),
-                                                             list(victims).index(name) if name in victims else len(victims)))
+        order = {name: index for index, name in enumerate(victims)}
+        series = sorted(families[family], key=lambda name: (name in ("mean", "total"), order.get(name, len(order))))
         chart = _family_chart(family, series, methods, per_run, labels, prefix)
         if chart is not None:
             charts.append(chart)

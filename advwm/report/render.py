@@ -236,7 +236,7 @@ body { font-family: -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margi
        color: #222; padding: 0 1em; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 1.6em; }
 h1, h2, h3, h4, p, summary, figcaption, li { overflow-wrap: anywhere; }
-div.scroll { max-width: 100%; overflow-x: auto; }
+div.scroll { max-width: 100%; overflow-x: auto; position: relative; }  /* holds the hidden words below */
 table { border-collapse: collapse; margin: .8em 0; font-size: .9em; }
 th, td { border: 1px solid #ccc; padding: .25em .6em; }
 th { background: #f2f2f2; max-width: 9em; overflow-wrap: anywhere; font-size: .92em; }
@@ -244,8 +244,8 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: now
 td.text { max-width: 40em; overflow-wrap: anywhere; }
 td.method { min-width: 6em; max-width: 30em; overflow-wrap: anywhere; } tr:nth-child(even) td { background: #fafafa; }
 tr td.best { font-weight: bold; background: #e3f2e6; } tr td.tied { background: #fdf3d8; }
-.visually-hidden { position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0);
-                   white-space: nowrap; }
+.visually-hidden { position: absolute; width: 1px; height: 1px; margin: -1px; padding: 0; border: 0;
+                   overflow: hidden; clip: rect(0 0 0 0); white-space: nowrap; }
 p.note { font-size: .85em; color: #555; } code { background: #f4f4f4; padding: 0 .2em; overflow-wrap: anywhere; }
 figure { display: inline-block; margin: .5em 1em .5em 0; vertical-align: top; max-width: 100%; }
 figure img { max-width: min(560px, 100%); } figcaption { font-size: .8em; color: #555; max-width: 560px; }

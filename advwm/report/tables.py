@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -148,14 +149,17 @@ class SeedGroup:
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
-    """(mean, sample standard deviation with n − 1, n) of the finite values; std is NaN for n < 2."""
+    """(mean, sample standard deviation with n − 1, n) of the non-NaN values; std is NaN for n < 2.
+
+    Python's `statistics` computes both exactly (in fractions) before rounding once, so equal seeds give a std
+    of exactly 0, not 1.7e-17 (which the report would print in scientific notation)."""
     finite = [v for v in values if not math.isnan(v)]
     n = len(finite)
     if n == 0:
         return math.nan, math.nan, 0
-    mean = sum(finite) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in finite) / (n - 1)) if n > 1 else math.nan
-    return mean, std, n
+    if any(math.isinf(v) for v in finite):
+        return sum(finite) / n, math.nan, n
+    return statistics.mean(finite), statistics.stdev(finite) if n > 1 else math.nan, n
 
 
 def fmt_mean_std(values: Sequence[float], digits: int = 3) -> str:

@@ -8,8 +8,9 @@ inside such a string, so each string is escaped exactly once, for its output, at
 Why our own code: `html.escape` covers HTML, but no maintained library escapes plain text *into* Markdown
 (Markdown libraries render it, the other direction). `md_text` follows the CommonMark/GFM spec: raw HTML and
 entities are neutralised as HTML entities (`&lt;script&gt;` shows as text in every viewer, also those that pass
-HTML through), and the characters that start inline markup (links, images, emphasis, code, strikethrough,
-math, table pipes) are backslash-escaped (CommonMark allows a backslash before any ASCII punctuation).
+HTML through; a `&` only where it would start an entity, a `>` only where it would start a quote), and the
+characters that start inline markup (links, images, emphasis, code, strikethrough, math, table pipes) are
+backslash-escaped (CommonMark allows a backslash before any ASCII punctuation).
 
 Characters no viewer shows honestly become visible escapes in every output (`visible`): control characters
 (newlines would end a table row or a heading; ESC drives the terminal), Unicode bidi overrides (text that reads
@@ -63,6 +64,8 @@ _MD_ALWAYS = re.compile(r"([\\`*\[\]|~$#])")
 # At the start of a block they would open a list (`- x`, `+ x`, `1. x`, `1) x`) or draw a rule (`---`).
 _MD_BULLET = re.compile(r"^(\s*)([-+])(?=\s|$|[-\s]*$)")
 _MD_NUMBERED = re.compile(r"^(\s*\d{1,9})([.)])(?=\s|$)")
+_MD_QUOTE = re.compile(r"^(\s*)>")
+_MD_ENTITY = re.compile(r"&(?=#?[A-Za-z0-9]+;)")  # `&lt;`, `&#60;`, `&#x3c;` would render as the character
 
 
 def _underscores(text: str) -> str:
@@ -84,7 +87,8 @@ def md_text(text: object) -> str:
     escaped = _MD_ALWAYS.sub(r"\\\1", visible(text))
     escaped = _underscores(escaped)
     escaped = _MD_NUMBERED.sub(r"\1\\\2", _MD_BULLET.sub(r"\1\\\2", escaped))
-    return html.escape(escaped, quote=False)  # raw HTML, autolinks and entities: shown as text
+    escaped = _MD_ENTITY.sub("&amp;", escaped).replace("<", "&lt;")  # no raw HTML, autolink or entity
+    return _MD_QUOTE.sub(r"\1\\>", escaped)  # a `>` is markup only at the start (a quote); `x >= 1` stays
 
 
 def md_code(text: object) -> str:
