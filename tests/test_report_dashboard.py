@@ -306,13 +306,15 @@ def test_a_search_shows_its_trials_ranked_and_its_study(search: Path, tmp_path: 
 @pytest.mark.skipif(not CHROMIUM.is_file(), reason="headless Chromium (/usr/bin/chromium) is not installed; "
                     ".ci/run installs it (apt-get install -y chromium)")
 def test_the_pages_fit_1400_px_for_one_sweep_two_sweeps_and_a_search(search: Path, tmp_path: Path) -> None:
-    attack_sweep(tmp_path / "craft" / "multiruns" / "t1")
-    iterations_sweep(tmp_path / "ablation" / "multiruns" / "t2")
-    cases = {"one": [tmp_path / "craft" / "multiruns" / "t1"], "two": [tmp_path / "craft", tmp_path / "ablation"],
-             "search": [search]}
+    parent = tmp_path / "outputs"
+    attack_sweep(parent / "craft" / "multiruns" / "t1")
+    iterations_sweep(parent / "ablation" / "multiruns" / "t2")
+    cases = {"one": [parent / "craft" / "multiruns" / "t1"], "two": [parent], "search": [search]}
     for name, paths in cases.items():
         out = tmp_path / f"page_{name}"
         assert main([*map(str, paths), "--out", str(out)]) == 0
+        headings = re.findall(r"<h2 id='sweep-\d+'>([^<]*)</h2>", (out / "report.html").read_text())
+        assert headings == {"one": [], "two": ["ablation/multiruns/t2", "craft/multiruns/t1"], "search": []}[name]
         scroll_width, inner_width = page_width(out / "report.html", tmp_path)
         assert inner_width == VIEWPORT[0], name
         assert scroll_width <= VIEWPORT[0], name

@@ -56,11 +56,6 @@ def logged_curves(folder: Path) -> dict[str, list[tuple[int, float]]]:
     return curves
 
 
-def loss_curves(folder: Path) -> dict[str, list[tuple[int, float]]]:
-    """The per-step losses only: `{"stargan": [(step, loss), ...], "total": [...]}`."""
-    return {key[len("loss/"):]: points for key, points in logged_curves(folder).items() if key.startswith("loss/")}
-
-
 @dataclass(frozen=True)
 class Band:
     """A method's curve: per step the mean over its seeds and the min and max (equal for one seed)."""

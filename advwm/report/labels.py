@@ -162,16 +162,6 @@ def collect(paths: Iterable[str | os.PathLike]) -> list[Run]:
 SEED_KEY = "seed"
 
 
-def seed_groups(runs: Sequence[Run]) -> list[SeedGroup]:
-    """The finished runs grouped by everything that varies except `seed` (first seen first); empty when
-    the seed does not vary, or no two runs share the rest (nothing to average)."""
-    ok = [r for r in runs if not r.failed]
-    if not any(SEED_KEY in r.parts for r in ok):
-        return []
-    groups = methods(ok)
-    return groups if any(len(g.runs) > 1 for g in groups) else []
-
-
 def methods(runs: Sequence[Run]) -> list[SeedGroup]:
     """The finished runs as the rows of a metric table: runs that differ only in `seed` form one method (its
     label: what else differs; "all runs" when only the seed does), every other run is a method of its own."""

@@ -34,7 +34,6 @@ from advwm.report.text import (
     html_text,
     md_inline,
     md_text,
-    plain_inline,
 )
 
 THUMBNAIL_WIDTH = 640  # run pictures are downscaled to this before they are inlined
@@ -278,10 +277,3 @@ def render_html(title: str, sections: Sequence[Section], base: Path | None = Non
         out += [_html_gallery(gallery, base) for gallery in section.galleries]
     out.append("</body></html>")
     return "\n".join(out) + "\n"
-
-
-# ------------------------------------------------------------------------------------------------ console
-
-
-def console_paragraph(paragraph: Paragraph) -> str:
-    return plain_inline(paragraph)

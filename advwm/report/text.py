@@ -117,13 +117,6 @@ def html_inline(pieces: str | tuple[Inline, ...] | list[Inline]) -> str:
     return "".join(f"<code>{html_text(p.text)}</code>" if isinstance(p, Code) else html_text(p) for p in pieces)
 
 
-def plain_inline(pieces: str | tuple[Inline, ...] | list[Inline]) -> str:
-    """The inlines as plain text (for the console): code is quoted with backticks."""
-    if isinstance(pieces, str):
-        return console_text(pieces)
-    return "".join(f"`{console_text(p.text)}`" if isinstance(p, Code) else console_text(p) for p in pieces)
-
-
 def console_text(text: object) -> str:
     """Text for the terminal: nothing that moves the cursor, clears the screen or reorders the line."""
     return visible(text)
