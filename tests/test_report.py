@@ -440,3 +440,19 @@ def test_the_dashboard_fits_1400_px_in_chromium(multirun: Path, tmp_path: Path) 
     wide.write_text(text.replace("<div class='scroll'>", "<div>", 1)
                     .replace("<table>", "<table style='width:2000px'>", 1))
     assert page_width(wide, tmp_path)[0] > VIEWPORT[0]
+
+
+def test_the_multirun_summary_writes_numbers_as_the_report_does(tmp_path: Path) -> None:
+    """The table printed at a multirun's end: a value below 0.001 in scientific notation (not 0.000), a run's
+    hostile label without control characters, a failed run with its reason."""
+    from advwm.callbacks.multirun import summary_table
+
+    sweep = tmp_path / "multirun"
+    for number, (aggregator, value) in enumerate((("mgda", 0.0004), ("uniform\x1b[2J", 0.25))):
+        fake_run(sweep / str(number), config_of(aggregator, sweep / str(number)),
+                 {"sr_mask/stargan": value, "sr_mask/mean": value, "seconds": 3.0},
+                 overrides=[f"aggregator={aggregator}"])
+    fake_run(sweep / "2", config_of("single", sweep / "2"), "{not json", overrides=["aggregator=single"])
+    table = summary_table(sweep)
+    assert "4.00e-04" in table and "0.000 " not in table and "0.250" in table
+    assert "\x1b" not in table and "FAILED" in table
