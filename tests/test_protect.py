@@ -14,7 +14,8 @@ from corpus import RunsCode, smooth_watermark, v1
 from PIL import Image
 
 from advwm.data.transforms import preprocess
-from advwm.protect.cli import Job, face_square, main, refuse_collisions
+from advwm.protect.cli import Job, main, refuse_collisions
+from advwm.protect.paste import central_square
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,9 +31,9 @@ def flat(path: Path, colour: tuple[int, int, int] = (100, 120, 140), size: tuple
     return path
 
 
-def test_face_square_follows_the_data_modules_centre_crop() -> None:
-    assert face_square(90, 60, None) == (15, 0, 60)
-    assert face_square(178, 218, 170) == (4, 24, 170)
+def test_central_square_follows_the_data_modules_centre_crop() -> None:
+    assert central_square(90, 60, None) == (15, 0, 60)
+    assert central_square(178, 218, 170) == (4, 24, 170)
 
 
 def test_protect_adds_the_watermark_on_the_face_square_only(tmp_path: Path) -> None:
@@ -70,13 +71,14 @@ def test_outputs_keep_the_folder_structure_and_the_original_suffix(tmp_path: Pat
     torch.save(v1(smooth_watermark(8)), tmp_path / "w.pt")
     out = tmp_path / "out"
     assert main([str(tmp_path / "w.pt"), str(photos), "--out", str(out), "--no-detect"]) == 0
-    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*.png") if p.is_file() and "sheet" not in p.parts)
     assert written == ["a/photo.jpg.png", "b/photo.jpg.png", "face.jpg.png", "face.png.png", "visage_é_顔.jpg.png"]
     # the same photos named as files (and one twice): the common folder of the inputs is the base
     out2 = tmp_path / "out2"
     assert main([str(tmp_path / "w.pt"), str(photos / "a/photo.jpg"), str(photos / "b/photo.jpg"),
                  str(photos / "b/photo.jpg"), "--out", str(out2), "--no-detect"]) == 0
-    assert sorted(str(p.relative_to(out2)) for p in out2.rglob("*.png")) == ["a/photo.jpg.png", "b/photo.jpg.png"]
+    assert sorted(str(p.relative_to(out2)) for p in out2.rglob("*.png") if "sheet" not in p.relative_to(out2).parts) \
+        == ["a/photo.jpg.png", "b/photo.jpg.png"]
 
 
 def test_an_output_folder_inside_the_input_is_not_protected_again(tmp_path: Path) -> None:
@@ -85,7 +87,7 @@ def test_an_output_folder_inside_the_input_is_not_protected_again(tmp_path: Path
     for _ in range(2):
         assert main([str(tmp_path / "w.pt"), str(tmp_path / "photos"), "--out", str(tmp_path / "photos" / "out"),
                      "--no-detect"]) == 0
-    assert sorted(p.name for p in (tmp_path / "photos" / "out").iterdir()) == ["p.png.png"]
+    assert sorted(p.name for p in (tmp_path / "photos" / "out").glob("*.png")) == ["p.png.png"]
 
 
 def test_colliding_outputs_are_refused_not_overwritten(tmp_path: Path) -> None:
