@@ -23,6 +23,7 @@ from advwm.protect.paste import (
     photo_tensor,
     resize_square,
     to_levels,
+    upsize_perturbation,
 )
 from advwm.protect.protectors import CraftedPerturbations, UniversalWatermark
 
@@ -33,27 +34,20 @@ def grey(width: int, height: int, value: float = 0.5) -> DecodedPhoto:
     return DecodedPhoto(np.full((height, width, 3), value, np.float32))
 
 
-def upscale_by_two(row: list[float]) -> list[float]:
-    """Bilinear x2 along one axis, by hand: output i samples the input at (i + 0.5) / 2 - 0.5, clamped at the
-    edges, so [a, b] -> [a, 3a/4 + b/4, a/4 + 3b/4, b]."""
-    a, b = row
-    return [a, 0.75 * a + 0.25 * b, 0.25 * a + 0.75 * b, b]
-
-
-def test_a_known_perturbation_lands_where_the_face_square_says_resized_bilinearly() -> None:
+def test_a_known_perturbation_lands_where_the_face_square_says_upsized_pixel_by_pixel() -> None:
     delta = torch.tensor([[[0.04, -0.02], [0.00, 0.03]],
                           [[-0.05, 0.05], [0.01, -0.01]],
                           [[0.02, 0.02], [-0.04, 0.00]]])  # [3,2,2], image_size 2
     photo = grey(40, 30)
-    protected = paste(photo, [(10, 5, 4)], delta[None])  # a 4 px square at left 10, top 5
-    expected = np.zeros((3, 4, 4))
-    for c in range(3):  # separable: rows first, then columns, each by hand
-        rows = np.array([upscale_by_two(list(map(float, delta[c, r]))) for r in range(2)])  # [2,4]
-        expected[c] = np.array([upscale_by_two([rows[0, j], rows[1, j]]) for j in range(4)]).T
+    protected = paste(photo, [(10, 5, 5)], delta[None])  # a 5 px square at left 10, top 5
+    # by hand, nearest-neighbour centred: square pixel i samples delta at floor((i + 0.5) * 2 / 5) = 0, 0, 1, 1, 1
+    source = [0, 0, 1, 1, 1]
+    expected = np.array([[[float(delta[c, source[i], source[j]]) for j in range(5)] for i in range(5)]
+                         for c in range(3)])
     change = (protected.colour - photo.colour) * 2.0  # back to the victims' [-1, 1] units
-    assert np.allclose(change[5:9, 10:14].transpose(2, 0, 1), expected, atol=1e-6)
+    assert np.allclose(change[5:10, 10:15].transpose(2, 0, 1), expected, atol=1e-6)
     outside = np.ones((30, 40), bool)
-    outside[5:9, 10:14] = False
+    outside[5:10, 10:15] = False
     assert np.array_equal(protected.colour[outside], photo.colour[outside])  # nothing else moved, bit for bit
 
 
@@ -74,21 +68,28 @@ def test_the_crop_is_the_documented_antialiased_bilinear_resize() -> None:
 
 
 @pytest.mark.parametrize("size", [2, 5, 8, 32])
-def test_resizing_a_perturbation_never_goes_past_eps(size: int) -> None:
-    # the worst case for overshoot: a checkerboard of +-eps; bilinear weights are >= 0 and sum to 1, so every
-    # resized value is a convex combination of values within [-eps, eps], at any side
+def test_an_upsized_perturbation_only_holds_crafted_values_so_never_goes_past_eps(size: int) -> None:
     eps = 0.05
-    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    board = (((yy + xx) % 2) * 2 - 1).float() * eps
-    noise = torch.sign(torch.randn(3, size, size, generator=torch.Generator().manual_seed(size))) * eps
-    for delta in (board.expand(3, -1, -1), noise):
-        for side in (1, 3, size - 1 or 1, size + 1, 2 * size + 3, 97, 301):
-            resized = resize_square(delta[None], side)
-            assert resized.abs().max() <= eps * (1 + 1e-6), (size, side)
-    # the check can fail: bicubic filters (negative lobes) overshoot the same board
-    bicubic = F.interpolate(board.expand(3, -1, -1)[None], size=(3 * size + 1,) * 2, mode="bicubic",
-                            align_corners=False, antialias=True) if size >= 5 else None
-    assert bicubic is None or bicubic.abs().max() > eps * 1.01
+    delta = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(size)) * 2 * eps - eps
+    for side in (1, 3, max(size - 1, 1), size + 1, 2 * size + 3, 97, 301):
+        upsized = upsize_perturbation(delta, side)
+        for c in range(3):  # every pasted value is one of its channel's crafted values
+            assert torch.isin(upsized[0, c], delta[0, c]).all(), (size, side)
+        assert upsized.abs().max() <= eps
+    assert torch.equal(upsize_perturbation(delta, size), delta)
+
+
+def test_bilinear_upsizing_would_keep_less_of_the_perturbation_through_the_crop() -> None:
+    # why nearest-neighbour (module docstring): a +-eps pattern pasted into a 3x larger square and cropped back
+    eps = 0.05
+    delta = torch.sign(torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))) * eps
+    kept = {}
+    for name, upsized in (("nearest", upsize_perturbation(delta, 97)),
+                          ("bilinear", F.interpolate(delta, size=(97, 97), mode="bilinear", antialias=True,
+                                                     align_corners=False))):
+        seen = resize_square(upsized, 32)  # what the crop gives the victims
+        kept[name] = float((seen * delta).sum() / (delta * delta).sum())
+    assert kept["nearest"] > kept["bilinear"] + 0.05
 
 
 def test_each_face_gets_its_own_perturbation_and_overlaps_the_nearest_centres() -> None:

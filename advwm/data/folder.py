@@ -98,8 +98,8 @@ class ImageFolderDataModule(FaceDataModule):
 
         files = self._listing()
         if not self.detect:
-            log.info("face detection off (data.detect=false or data.center_crop): each photo's central square "
-                     "is the face")
+            log.warning("face detection off (data.detect=false or data.center_crop): each photo's central square "
+                        "is taken as its face")
         readable = 0
         for path in files:
             name = path.relative_to(self.root).as_posix()

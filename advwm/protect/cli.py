@@ -252,6 +252,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (InputError, ValueError) as error:
         return _fail(str(error))
     detect = not args.no_detect and args.center_crop is None
+    if not detect:
+        print("face detection off: each photo's " + ("largest central square" if args.center_crop is None else
+                                                     f"centre {args.center_crop} px square") + " is protected")
     settings = ledger.digest({"watermark": ledger.file_digest(watermark.path), "strength": args.strength,
                               "detect": detect, "center_crop": args.center_crop, "eps": eps})
     folder = PhotoFolder(out, eps=eps, settings=settings, victims=victims, scorer=scorer)
