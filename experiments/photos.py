@@ -1,12 +1,14 @@
-"""A person's photos: what JPEG quality 95 does to per-image protection, and how long a photo takes.
+"""A person's photos: what pasting and JPEG quality 95 do to per-image protection, and how long a photo takes.
 
 `jpeg`: per-image protection (`python -m advwm.protect --craft`'s recipe: MGDA, penalty, I-FGSM) of two bundled
 portraits as JPEG files (scikit-image's astronaut, 512 x 512; matplotlib's Grace Hopper, 512 x 600), for each
-seed; each protected photo is scored as written (PNG, `protection.csv`) and after JPEG quality 95 (Pillow, 4:2:0),
-against the victims' edits of the equally JPEG-compressed original (the `metrics.robustness` rule: the forger only
-has the shared photo). The victims are rebuilt after each run from its seed and checked to give the run's own
-PNG numbers. Default: **random** StarGAN and AGGAN of reduced width (conv_dim 32, 3 residual blocks) at 64 px, as
-`experiments/robustness.py` (random AttGAN barely reacts to its input).
+seed; each face is scored on the crop the attack crafted on (x + delta at the victims' size: what the run's own
+metrics see), in the photo as written (PNG, nearest-neighbour paste, `protection.csv`), in the photo had the
+perturbation been pasted bilinearly instead (the alternative `advwm.protect.paste` rejects), and after JPEG quality
+95 (Pillow, 4:2:0) of the written photo, against the victims' edits of the equally JPEG-compressed original (the
+`metrics.robustness` rule: the forger only has the shared photo). The victims are rebuilt after each run from its
+seed and checked to give the run's own PNG numbers. Default: **random** StarGAN and AGGAN of reduced width
+(conv_dim 32, 3 residual blocks) at 64 px, as `experiments/robustness.py` (random AttGAN barely reacts to its input).
 
 `time`: seconds per photo on this machine for the short command (`--craft`, the official architectures with random
 weights at 256 px: the cost is the same as with the official weights) from runs of 2 and 6 iterations (a fixed
@@ -41,7 +43,8 @@ from robustness import MEDIUM_ARCH, mean_std  # noqa: E402  (the same victims as
 from advwm.data.decode import DecodedPhoto, open_photo  # noqa: E402
 from advwm.protect import ledger  # noqa: E402
 from advwm.protect.craft import CraftSettings, compose  # noqa: E402
-from advwm.protect.paste import crop_faces, face_squares, photo_tensor  # noqa: E402
+from advwm.protect.paste import crop_faces, face_squares, from_levels, photo_tensor, to_levels  # noqa: E402
+from advwm.run_files.watermark_file import load_watermark  # noqa: E402
 
 
 def machine() -> dict:
@@ -69,6 +72,18 @@ def jpeg(photo: DecodedPhoto, quality: int) -> DecodedPhoto:
     buffer.seek(0)
     with Image.open(buffer) as decoded:
         return DecodedPhoto((np.asarray(decoded.convert("RGB")) / 255.0).astype(np.float32))
+
+
+def bilinear_paste(photo: DecodedPhoto, squares, deltas: torch.Tensor) -> DecodedPhoto:
+    """The photo as written had each perturbation been upsized bilinearly (antialiased) instead: pasted, clamped,
+    rounded to levels within eps, like `advwm.protect.photos` does with its nearest-neighbour paste."""
+    colour = torch.from_numpy(photo.colour.copy()).permute(2, 0, 1) * 2.0 - 1.0
+    for (left, top, side), delta in reversed(list(zip(squares, deltas, strict=True))):
+        up = torch.nn.functional.interpolate(delta[None], size=(side, side), mode="bilinear", antialias=True,
+                                             align_corners=False)[0]
+        colour[:, top:top + side, left:left + side] = (colour[:, top:top + side, left:left + side] + up).clamp(-1, 1)
+    pasted = DecodedPhoto(((colour + 1.0) / 2.0).permute(1, 2, 0).numpy().astype(np.float32))
+    return from_levels(to_levels(pasted, photo, 0.05), photo)
 
 
 def run_victims(cfg):
@@ -106,18 +121,25 @@ def jpeg_part(options: argparse.Namespace, out: Path) -> None:
         seconds = time.perf_counter() - started
         rows = ledger.read(protected)
         networks = run_victims(cfg)
+        saved = load_watermark(protected / "run" / "watermark.pt", scope="per_image")
         for name in names:
             original = open_photo(folder / name)
             written = open_photo(protected / f"{name}.png")
             squares = face_squares(original)
             labels = label_vector(["Young"])[None].expand(len(squares), -1)
+            deltas = torch.stack([saved.perturbations[saved.names.index(f"{name}#{k}")]
+                                  for k in range(1, len(squares) + 1)])
+            crop = crop_faces(photo_tensor(original), squares, options.size)
+            bilinear = bilinear_paste(original, squares, deltas)
             scores = {}
-            for label, (before, after) in {"png": (original, written),
+            for label, (before, after) in {"crop": (crop, (crop + deltas).clamp(-1, 1)),
+                                           "bilinear": (original, bilinear), "png": (original, written),
                                            f"jpeg{options.quality}": (jpeg(original, options.quality),
                                                                       jpeg(written, options.quality))}.items():
-                crops = [crop_faces(photo_tensor(p), squares, options.size) for p in (before, after)]
+                pair = [p if isinstance(p, torch.Tensor) else crop_faces(photo_tensor(p), squares, options.size)
+                        for p in (before, after)]
                 scores[label] = {v: {"avg_l": s.avg_l, "sr_mask": s.sr_mask}
-                                 for v, s in score_victims(networks, *crops, labels, thresholds).items()}
+                                 for v, s in score_victims(networks, *pair, labels, thresholds).items()}
             same = all(math.isclose(scores["png"][v]["avg_l"], float(rows[name][f"avg_l/{v}"]), rel_tol=1e-4)
                        for v in victims)
             records.append({"seed": seed, "photo": name, "faces": len(squares), "scores": scores,
@@ -125,14 +147,17 @@ def jpeg_part(options: argparse.Namespace, out: Path) -> None:
             print(f"seed {seed} {name}: " + "; ".join(
                 f"{label} " + ", ".join(f"{v} avg_L {s[v]['avg_l']:.5f} SR {s[v]['sr_mask']:.2f}" for v in victims)
                 for label, s in scores.items()) + ("" if same else "  (victims differ from the run's!)"), flush=True)
-    labels = ["png", f"jpeg{options.quality}"]
-    lines = ["| victim | file | avg_L | SR_mask |", "|---|---|---:|---:|"]
+    labels = ["crop", "bilinear", "png", f"jpeg{options.quality}"]
+    shown = {"crop": "the crop as crafted (x + delta)", "bilinear": "photo, had it been pasted bilinearly",
+             "png": "photo as written (PNG)",
+             f"jpeg{options.quality}": f"photo as written, then JPEG {options.quality}"}
+    lines = ["| victim | seen by the victims | avg_L | SR_mask |", "|---|---|---:|---:|"]
     summary = {}
     for victim in victims:
         for label in labels:
             cell = {m: mean_std([r["scores"][label][victim][m] for r in records]) for m in ("avg_l", "sr_mask")}
             summary.setdefault(victim, {})[label] = cell
-            lines.append(f"| {victim} | {'PNG (as written)' if label == 'png' else f'JPEG {options.quality}'} | "
+            lines.append(f"| {victim} | {shown[label]} | "
                          f"{cell['avg_l'][0]:.5f} ± {cell['avg_l'][1]:.5f} | {cell['sr_mask'][0]:.3f} ± "
                          f"{cell['sr_mask'][1]:.3f} |")
     host = machine()
