@@ -143,3 +143,34 @@ def test_the_short_command_protects_and_a_rerun_skips_what_is_done(tmp_path: Pat
     result = np.asarray(Image.open(out / "portrait.jpg.png")).astype(float)
     assert np.abs(result - np.rint(open_photo(folder / "portrait.jpg").colour * 255)).max() <= int(0.03 * 127.5)
     assert torch.is_tensor(load_watermark(next((out / "runs").glob("*/watermark.pt")), scope="per_image").tensor)
+
+
+@pytest.mark.slow
+def test_a_stopped_per_image_run_keeps_its_photos_and_the_resumed_run_writes_the_rest(tmp_path: Path) -> None:
+    from omegaconf import open_dict
+    from test_run import compose_run, small
+
+    from advwm.pipeline import craft
+
+    folder = photos(tmp_path / "photos")
+    out = tmp_path / "run"
+    overrides = ["+victims=[stargan]", "weights=random", "scope=per_image", "data=folder", f"data.root={folder}",
+                 "attack.iterations=2", "data.batch_size=1", "checkpoint_every=1", *small("stargan")]
+    stopped = compose_run(out, [*overrides, "+trainer.max_steps=2"])  # the first photo's 2 iterations only
+    craft(stopped)
+    rows = table(out / "protected" / "protection.csv")
+    assert rows["face.jpg"]["status"] == "protected" and "portrait.jpg" not in rows  # kept; the next one not begun
+    first = (out / "protected" / "face.jpg.png").stat().st_mtime_ns
+    resumed = compose_run(out, overrides)
+    with open_dict(resumed):
+        resumed.ckpt_path = str(out / "checkpoints" / "last.ckpt")
+    metrics = craft(resumed)
+    rows = table(out / "protected" / "protection.csv")
+    assert rows["portrait.jpg"]["status"] == "protected" and rows["face.jpg"]["status"] == "protected"
+    assert (out / "protected" / "face.jpg.png").stat().st_mtime_ns == first  # not written twice
+    assert [r["photo"] for r in metrics["protection"]] == sorted(rows)
+    assert all(isinstance(r["psnr"], float) for r in metrics["protection"])  # rows read back keep their numbers
+    uninterrupted = compose_run(tmp_path / "once", overrides)
+    craft(uninterrupted)
+    assert (tmp_path / "once" / "protected" / "portrait.jpg.png").read_bytes() == \
+        (out / "protected" / "portrait.jpg.png").read_bytes()  # resuming gives the uninterrupted photo

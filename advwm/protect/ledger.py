@@ -78,13 +78,28 @@ def render(rows: Iterable[Row]) -> str:
     return buffer.getvalue()
 
 
+def _typed(row: Mapping[str, str]) -> Row:
+    """A row as read back, with its numbers as numbers (faces an int, scores floats; an empty cell dropped)."""
+    typed: Row = {}
+    for key, value in row.items():
+        if value in (None, ""):
+            continue
+        if key == "faces":
+            typed[key] = int(value)
+        elif key in ("psnr", "ssim") or key.startswith(("avg_l/", "sr_mask/")):
+            typed[key] = float(value)
+        else:
+            typed[key] = value
+    return typed
+
+
 def read(folder: str | Path) -> dict[str, Row]:
     """The rows of `<folder>/protection.csv` by photo ({} when there is none or it cannot be read)."""
     path = Path(folder) / TABLE
     try:
         with open(path, newline="", encoding="utf-8") as stream:
-            return {row["photo"]: dict(row) for row in csv.DictReader(stream) if row.get("photo")}
-    except (OSError, UnicodeDecodeError, csv.Error, KeyError):
+            return {row["photo"]: _typed(row) for row in csv.DictReader(stream) if row.get("photo")}
+    except (OSError, UnicodeDecodeError, csv.Error, KeyError, ValueError):
         return {}
 
 

@@ -70,7 +70,9 @@ def _src(out: Path, path: Path) -> str:
 
 def _number(row: Mapping[str, Any], key: str) -> str:
     value = row.get(key)
-    return html.escape(str(value)) if value not in (None, "") else "&ndash;"
+    if value in (None, ""):
+        return "&ndash;"
+    return html.escape(f"{value:.4g}" if isinstance(value, float) else str(value))
 
 
 STYLE = """body{font-family:sans-serif;margin:16px;max-width:1400px}
