@@ -35,6 +35,7 @@ import torch
 
 from advwm.data.decode import IMAGE_SUFFIXES, PhotoError, list_photos, open_photo
 from advwm.protect import ledger
+from advwm.protect.paste import face_squares
 from advwm.protect.photos import CENTRAL, DETECTED, PhotoFolder, output_name
 from advwm.protect.protectors import Protector, UniversalWatermark
 from advwm.run_files.watermark_file import EPS_TOLERANCE, WatermarkError, WatermarkFile, load_watermark
@@ -137,8 +138,6 @@ def protect_one(job: Job, folder: PhotoFolder, protector: Protector, detect: boo
     except (PhotoError, OSError) as error:
         return Outcome("refused", f"refused {job.source}: {error}")
     warnings = [f"warning: {job.source}: {note}" for note in photo.warnings]
-    from advwm.protect.paste import face_squares
-
     squares = face_squares(photo, detect, center_crop)
     face_names = [f"{name}#{k}" for k in range(1, len(squares) + 1)]
     face_labels = None if labels is None else labels.expand(len(squares), -1)
@@ -363,6 +362,8 @@ def _craft(args: argparse.Namespace, out: Path) -> int:
         return _fail(f"unknown victim(s) {', '.join(unknown)}; choose from: {', '.join(known_victims())}")
     if args.strength != 1.0:
         return _fail("--strength is for a universal watermark; --craft crafts each face's perturbation within --eps")
+    if any(str(p).endswith(".pt") for p in args.paths):
+        return _fail("--craft crafts for your photos: name photos or folders only, not a watermark.pt")
     if args.measure is False:
         args.set.append("callbacks.export.measure=false")
     try:
