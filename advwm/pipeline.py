@@ -258,6 +258,9 @@ def _craft(cfg: DictConfig) -> dict[str, Any]:
         metrics[f"weights/{r.victim.name}"] = r.weights
     if random_note:
         metrics["note"] = random_note
+    protection = export.protection_rows()  # per image over photos: protected/protection.csv's rows
+    if protection:
+        metrics["protection"] = protection
     io.save_json(output_dir / "metrics.json", metrics)  # before the grids: a full disk then keeps the numbers
     grids = export.save_grids(evaluation.samples, {r.victim.name: list(r.victim.condition_names) for r in resolved})
     log_results(trainer.loggers, metrics, steps, grids, output_dir / "watermark.png")
@@ -266,11 +269,23 @@ def _craft(cfg: DictConfig) -> dict[str, Any]:
     say("\n" + metrics_table(metrics, [r.victim.name for r in resolved]))
     saved = "generator.pt" if module.scope.saves == "generator" else "watermark.pt, watermark.png"
     say(f"\noutputs: {output_dir}  ({saved}, metrics.json, images/: {len(grids)} grid(s))")
+    if protection:
+        say(protected_line(protection, export.protected_dir))
     for line in wandb_lines:
         say(line)
     if random_note:
         say("NOTE: " + random_note)
     return metrics
+
+
+def protected_line(rows: list[dict[str, Any]], folder: Path) -> str:
+    """The per-image run's photos: how many protected, which had no face, where they and the table are."""
+    faceless = [str(r["photo"]) for r in rows if r.get("status") != "protected"]
+    line = (f"protected photos: {folder}  ({len(rows) - len(faceless)} protected at their own size; "
+            "protection.csv, index.html)")
+    if faceless:
+        line += f"; no face, written back unchanged: {', '.join(faceless)}"
+    return line
 
 
 def objective(cfg: DictConfig, metrics: dict[str, Any]) -> float:

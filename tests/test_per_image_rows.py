@@ -84,19 +84,22 @@ def test_saturated_pixels_stay_in_range_wherever_a_perturbation_is_applied(tmp_p
 
 @pytest.mark.parametrize("strength", [1.0, 0.5])
 def test_protect_keeps_saturated_photo_pixels_in_range(strength: float) -> None:
-    """`advwm.protect` adds the watermark in [-1, 1] units and clamps: a photo's pure black and pure white pixels
-    stay 0 and 1 where the watermark pushes them outwards, and move inwards by strength * eps / 2 elsewhere."""
+    """The photo path (`advwm.protect.paste`, shared by the universal watermark, per-image runs and generators)
+    adds a perturbation in [-1, 1] units and clamps: a photo's pure black and pure white pixels stay 0 and 1 where
+    the perturbation pushes them outwards, and move inwards by strength * eps / 2 elsewhere."""
     import numpy as np
 
     from advwm.data.decode import DecodedPhoto
-    from advwm.protect.cli import protect_photo
+    from advwm.protect.paste import paste
+    from advwm.protect.protectors import UniversalWatermark
 
     colour = np.zeros((8, 8, 3), dtype=np.float32)
     colour[:, 4:] = 1.0  # left half black, right half white
     photo = DecodedPhoto(colour, None, 8, [])
     watermark = torch.full((3, 8, 8), EPS)
     watermark[:, ::2] = -EPS  # alternate rows push down and up
-    result = protect_photo(photo, watermark, [(0, 0, 8)], strength).colour
+    deltas = UniversalWatermark(watermark, EPS, strength)(torch.zeros(1, 3, 8, 8), ["face"])
+    result = paste(photo, [(0, 0, 8)], deltas).colour
     assert float(result.min()) >= 0.0 and float(result.max()) <= 1.0
     up, down = strength * EPS / 2, -strength * EPS / 2
     np.testing.assert_allclose(result[1::2, :4], up, atol=1e-6)  # black pushed up: moves

@@ -20,16 +20,16 @@ SUMMARY_FILE = "summary.txt"
 
 
 def _cell(value: Any, digits: int = 3) -> str:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return "–"
-    return "–" if math.isnan(number) else f"{number:.{digits}f}"
+    """As the report writes numbers (a value below 0.001 in scientific notation, not 0.000)."""
+    from advwm.report.tables import fmt_number
+
+    return fmt_number(value, digits)
 
 
 def summary_table(sweep_dir: Path, metric: str = "sr_mask") -> str:
     """One row per run under `sweep_dir` (failed ones say so): the metric per victim, its mean, the seconds."""
     from advwm.report import collect, metric_columns
+    from advwm.report.text import console_text
 
     runs = collect([sweep_dir])
     columns = metric_columns(runs, metric)
@@ -38,13 +38,14 @@ def summary_table(sweep_dir: Path, metric: str = "sr_mask") -> str:
     for run in runs:
         number = run.path.name
         if run.failed:
-            rows.append([number, run.label, *["–"] * len(columns), f"FAILED: {run.error}"])
+            rows.append([number, console_text(run.label), *["–"] * len(columns),
+                         console_text(f"FAILED: {run.error}")])
             continue
         values = [_cell(run.metrics.get(c)) for c in columns]
         if columns and columns[-1].endswith("/mean") and columns[-1] not in run.metrics:
             finite = [float(v) for v in values[:-1] if v != "–"]
             values[-1] = _cell(sum(finite) / len(finite) if finite else math.nan)
-        rows.append([number, run.label + (" †" if run.random_victims else ""), *values,
+        rows.append([number, console_text(run.label) + (" †" if run.random_victims else ""), *values,
                      _cell(run.metrics.get("seconds"), 0)])
     widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
     lines = ["  ".join(str(cell).ljust(widths[i]) if i < 2 else str(cell).rjust(widths[i])
