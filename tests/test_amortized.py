@@ -442,3 +442,103 @@ def test_two_process_ddp_on_cpu_trains_the_generator_of_one_process_with_the_sam
     assert any(not torch.equal(one[k], start[k]) for k in one)  # it trained
     for key in one:
         assert torch.allclose(one[key], ddp[key], atol=1e-6), key
+
+
+# ---- protecting photos: python -m advwm.protect <run>/generator.pt ---------------------------------------------------
+
+def generator_file(tmp_path: Path, size: int = 16, **metadata) -> tuple[Path, PerturbationGenerator]:
+    torch.manual_seed(2)
+    generator = PerturbationGenerator(EPS, width=2, depth=2)
+    path = tmp_path / "generator.pt"
+    io.torch_save(payload(generator, eps=EPS, image_size=size, **{"victims": {"stargan": "random"}, **metadata}), path)
+    return path, generator
+
+
+def test_protect_pastes_each_faces_own_forward_pass_on_its_square_only(tmp_path: Path) -> None:
+    """By hand: the central 60 px square of a 90x60 photo, resized to 16 px (bilinear, antialiased), through the
+    generator, back to 60 px nearest-neighbour, added; 8-bit rounding aside, nothing else changes."""
+    import numpy as np
+    import torch.nn.functional as F  # noqa: N812
+    from PIL import Image
+
+    from advwm.protect.cli import main
+
+    path, generator = generator_file(tmp_path)
+    photo = (np.random.default_rng(0).random((60, 90, 3)) * 155 + 50).astype(np.uint8)  # no clamping at 0 or 255
+    Image.fromarray(photo).save(tmp_path / "face.png")
+    assert main([str(path), str(tmp_path / "face.png"), "--out", str(tmp_path / "out"), "--no-detect"]) == 0
+    protected = np.asarray(Image.open(tmp_path / "out" / "face.png.png")).astype(float)
+    assert np.array_equal(protected[:, :15], photo[:, :15]) and np.array_equal(protected[:, 75:], photo[:, 75:])
+    square = torch.from_numpy(photo[:, 15:75] / 255.0).permute(2, 0, 1).float()[None] * 2 - 1
+    crop = F.interpolate(square, size=(16, 16), mode="bilinear", align_corners=False, antialias=True)
+    with torch.no_grad():
+        pasted = F.interpolate(generator(crop), size=(60, 60), mode="nearest-exact")[0].permute(1, 2, 0).numpy()
+    change = (protected[:, 15:75] - photo[:, 15:75]) / 127.5
+    assert np.abs(change - pasted).max() <= 0.5 / 127.5 + 1e-6  # the generator's delta, to the nearest level
+    assert np.abs(change).max() <= EPS + 0.5 / 127.5 and np.abs(change).max() > 0.03
+    rows = (tmp_path / "out" / "protection.csv").read_text().splitlines()
+    assert len(rows) == 2 and "face.png" in rows[1]
+
+
+def run_protect(args: list[str]) -> int:
+    from advwm.protect.cli import main
+
+    try:
+        return main(args)
+    except SystemExit as stop:  # argparse's own refusals
+        return int(stop.code)
+
+
+GENERATOR_REFUSALS = {
+    "another eps": (["{generator}", "{photo}", "--eps", "0.1"], "differs from the eps 0.05"),
+    "a generator among --craft's photos": (["{photo}", "{generator}", "--craft", "--victims", "stargan"],
+                                          "not a watermark.pt or generator.pt"),
+    "strength above 1": (["{generator}", "{photo}", "--strength", "1.5"], "must lie in [0, 1]"),
+    "a truncated generator.pt": (["{truncated}", "{photo}"], "truncated"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GENERATOR_REFUSALS))
+def test_protect_with_a_generator_refuses_in_one_line(tmp_path: Path, capsys, case: str) -> None:
+    path, _ = generator_file(tmp_path)
+    truncated = tmp_path / "truncated" / "generator.pt"
+    truncated.parent.mkdir()
+    truncated.write_bytes(path.read_bytes()[:300])
+    photo = tmp_path / "p.png"
+    io.save_tensor_image(torch.rand(3, 20, 20, generator=torch.Generator().manual_seed(0)), photo)
+    args, words = GENERATOR_REFUSALS[case]
+    args = [a.format(generator=path, photo=photo, truncated=truncated) for a in args]
+    assert run_protect([*args, "--out", str(tmp_path / "out"), "--no-detect"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0], err
+    assert not (tmp_path / "out" / "p.png.png").exists()
+
+
+@pytest.mark.slow
+def test_a_trained_runs_generator_protects_a_portrait_found_by_detection_with_its_table(tmp_path: Path) -> None:
+    """An amortized run, then `python -m advwm.protect <run>/generator.pt portrait.png --measure`: the face the
+    detector finds gets the generator's perturbation at the photo's own size, and protection.csv scores it against
+    the run's (random) victims."""
+    import numpy as np
+    from PIL import Image
+
+    from advwm.data.demo import DEMO_FACES
+
+    run(tmp_path / "run", [])
+    portrait = DEMO_FACES["astronaut"].opener()
+    portrait.save(tmp_path / "portrait.png")
+    result = subprocess.run([sys.executable, "-m", "advwm.protect", str(tmp_path / "run" / "generator.pt"),
+                             str(tmp_path / "portrait.png"), "--out", str(tmp_path / "out"), "--measure"], cwd=REPO,
+                            capture_output=True, text=True, timeout=1800, env={**os.environ, "WANDB_MODE": "offline"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "RANDOMLY INITIALISED VICTIMS (stargan)" in result.stderr and "1 face(s)" in result.stdout + result.stderr
+    before = np.asarray(portrait).astype(float)
+    after = np.asarray(Image.open(tmp_path / "out" / "portrait.png.png")).astype(float)
+    assert after.shape == before.shape  # the photo's own size
+    changed = np.abs(after - before).max(axis=2) > 0
+    rows, cols = np.nonzero(changed)
+    assert changed.mean() < 0.5 and np.abs(after - before).max() <= np.ceil(EPS * 127.5)  # the face square only
+    header, row = (tmp_path / "out" / "protection.csv").read_text().splitlines()
+    values = dict(zip(header.split(","), row.split(","), strict=True))
+    assert values["faces"] == "1" and values["victims"] == "stargan=random" and float(values["avg_l/stargan"]) > 0
+    assert rows.size and (rows.max() - rows.min()) == (cols.max() - cols.min())  # one square

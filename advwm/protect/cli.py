@@ -2,12 +2,14 @@
 
     python -m advwm.protect photos/ --craft --victims stargan,attgan --out protected/    per-image (strongest)
     python -m advwm.protect <run>/watermark.pt photo.jpg more_photos/ --out protected/  a universal watermark
+    python -m advwm.protect <run>/generator.pt photos/ --out protected/   amortized: one forward pass per face
 
 Each photo is read as a person sees it (upright, full bit depth, transparency kept; `advwm.data.decode`). Every
 face found in it (`advwm.protect.faces`: OpenCV's Haar cascades, framed like CelebA's aligned crops) is cropped,
-resized to the victims' size, given its perturbation (`--craft`: crafted for that face by a per-image run;
-otherwise the universal watermark) and pasted back at the photo's own resolution (`advwm.protect.paste`):
-nothing outside the face squares changes and no pixel moves by more than eps. A photo with no face is written
+resized to the victims' size, given its perturbation (`--craft`: crafted for that face by a per-image run; a
+generator.pt: its forward pass for that face, `advwm.protect.generator`; otherwise the universal watermark) and
+pasted back at the photo's own resolution (`advwm.protect.paste`): nothing outside the face squares changes and no
+pixel moves by more than eps. A photo with no face is written
 back unchanged and named. `--no-detect` protects each photo's largest central square instead (or the centre
 `--center-crop` px, for aligned CelebA-style faces).
 
@@ -35,9 +37,11 @@ import torch
 
 from advwm.data.decode import IMAGE_SUFFIXES, PhotoError, list_photos, open_photo
 from advwm.protect import ledger
+from advwm.protect.generator import TrainedGenerator, generator_eps
 from advwm.protect.paste import face_squares
 from advwm.protect.photos import CENTRAL, DETECTED, PhotoFolder, output_name
 from advwm.protect.protectors import Protector, UniversalWatermark
+from advwm.run_files.generator_file import GeneratorError, GeneratorFile, holds_generator, load_generator
 from advwm.run_files.watermark_file import EPS_TOLERANCE, WatermarkError, WatermarkFile, load_watermark
 
 DEFAULT_EPS = 0.05  # conf/config.yaml's eps: what a watermark file without metadata is checked against
@@ -195,8 +199,9 @@ def _eps(text: str) -> float:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = OneLineParser(prog="python -m advwm.protect", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("paths", nargs="+", metavar="[WATERMARK.pt] PHOTO",
-                        help="a universal run's watermark.pt, then photos or folders (with --craft: photos only)")
+    parser.add_argument("paths", nargs="+", metavar="[WATERMARK.pt|GENERATOR.pt] PHOTO",
+                        help="a universal run's watermark.pt or an amortized run's generator.pt, then photos or "
+                             "folders (with --craft: photos only)")
     parser.add_argument("--out", required=True, help="folder for the protected PNGs, protection.csv and index.html")
     parser.add_argument("--craft", action="store_true",
                         help="craft a perturbation for every face (per-image, CDMAA-style) instead of a watermark")
@@ -233,13 +238,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.victims:
         return _fail("--victims is for --craft; a universal watermark already names its victims")
     if len(args.paths) < 2:
-        return _fail("name the watermark.pt of a universal run, then photos or folders (or use --craft)")
+        return _fail("name the watermark.pt of a universal run or the generator.pt of an amortized run, then photos "
+                     "or folders (or use --craft)")
     try:
-        watermark = load_watermark(args.paths[0], scope="universal")
-        eps = watermark_eps(watermark, args.eps)
-    except WatermarkError as error:
+        if holds_generator(args.paths[0]):  # scope=amortized: advwm.protect.generator
+            watermark = load_generator(args.paths[0])
+            eps = generator_eps(watermark, args.eps)
+        else:
+            watermark = load_watermark(args.paths[0], scope="universal")
+            eps = watermark_eps(watermark, args.eps)
+    except (WatermarkError, GeneratorError) as error:
         return _fail(str(error))
-    for warning in watermark.warnings:
+    for warning in getattr(watermark, "warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
     if watermark.random_victims:
         print(RANDOM_VICTIMS_WARNING.format(names=", ".join(watermark.random_victims)), file=sys.stderr)
@@ -257,7 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = ledger.digest({"watermark": ledger.file_digest(watermark.path), "strength": args.strength,
                               "detect": detect, "center_crop": args.center_crop, "eps": eps})
     folder = PhotoFolder(out, eps=eps, settings=settings, victims=victims, scorer=scorer)
-    protector = UniversalWatermark(watermark.tensor, eps, args.strength)
+    protector = (TrainedGenerator(watermark, args.strength) if isinstance(watermark, GeneratorFile)
+                 else UniversalWatermark(watermark.tensor, eps, args.strength))
     counts = {"protected": 0, "no face": 0, "skipped": 0, "refused": refused}
     for job in _progress(jobs):
         outcome = protect_one(job, folder, protector, detect, args.center_crop, labels)
@@ -363,7 +374,8 @@ def _craft(args: argparse.Namespace, out: Path) -> int:
     if args.strength != 1.0:
         return _fail("--strength is for a universal watermark; --craft crafts each face's perturbation within --eps")
     if any(str(p).endswith(".pt") for p in args.paths):
-        return _fail("--craft crafts for your photos: name photos or folders only, not a watermark.pt")
+        return _fail("--craft crafts for your photos: name photos or folders only, not a watermark.pt or "
+                     "generator.pt")
     if args.measure is False:
         args.set.append("callbacks.export.measure=false")
     try:

@@ -68,6 +68,20 @@ def payload(generator: PerturbationGenerator, *, eps: float, image_size: int, vi
             "advwm_version": advwm.__version__, "config": config}
 
 
+def holds_generator(path: str | Path) -> bool:
+    """Whether `path` is a file whose format says generator (a cheap look, no checks: `load_generator` checks)."""
+    path = Path(path).expanduser()
+    if not path.is_file() or path.suffix != ".pt":
+        return False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - unreadable: not ours to judge here; the loader that follows says why
+        return False
+    return isinstance(raw, dict) and raw.get("format") == FORMAT
+
+
 def load_generator(path: str | Path) -> GeneratorFile:
     """Read and check `path`; the generator comes back in eval mode with its weights frozen."""
     path = Path(path).expanduser()
