@@ -542,3 +542,28 @@ def test_a_trained_runs_generator_protects_a_portrait_found_by_detection_with_it
     values = dict(zip(header.split(","), row.split(","), strict=True))
     assert values["faces"] == "1" and values["victims"] == "stargan=random" and float(values["avg_l/stargan"]) > 0
     assert rows.size and (rows.max() - rows.min()) == (cols.max() - cols.min())  # one square
+
+
+@pytest.mark.slow
+def test_protection_modes_runs_the_three_modes_as_one_multirun_judged_on_the_same_faces(tmp_path: Path) -> None:
+    from test_presets import CDMAA_TINY
+
+    from advwm.report import build_table, collect
+
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    result = subprocess.run([sys.executable, "-m", "advwm.run", "experiment=protection_modes", *CDMAA_TINY,
+                             "~data.n_craft", "~data.n_eval", "data.craft=[astronaut,astronaut@mirror]",
+                             "data.evaluate=[grace_hopper]", "data.batch_size=2",
+                             "trainer.max_epochs=1", f"paths.log_dir={tmp_path}"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (multirun,) = list((tmp_path / "protection_modes" / "multiruns").iterdir())
+    runs = collect([multirun])
+    assert len(runs) == 3 and not any(r.failed for r in runs)
+    outputs = {tuple(sorted(p.name for p in r.path.glob("*.pt"))) for r in runs}
+    assert outputs == {("watermark.pt",), ("generator.pt",)}  # universal and per image, amortized
+    columns, rows = build_table(runs, "avg_l")
+    assert len(rows) == 3 and all(len(row) == len(columns) for row in rows)
+    judged = [json.loads((r.path / "metrics.json").read_text()) for r in runs]
+    assert {m["images_judged"] for m in judged} == {1}  # grace_hopper, in every mode
+    assert {m["judged/ugatit"] for m in judged} == {judged[0]["judged/ugatit"]}
