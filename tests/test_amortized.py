@@ -567,3 +567,29 @@ def test_protection_modes_runs_the_three_modes_as_one_multirun_judged_on_the_sam
     judged = [json.loads((r.path / "metrics.json").read_text()) for r in runs]
     assert {m["images_judged"] for m in judged} == {1}  # grace_hopper, in every mode
     assert {m["judged/ugatit"] for m in judged} == {judged[0]["judged/ugatit"]}
+
+
+def test_a_run_that_stops_after_a_step_keeps_the_generator_trained_so_far(tmp_path: Path) -> None:
+    """A victim that turns NaN at the second step: one line, and generator.partial.pt holds the first step's weights."""
+    from toys import LinearVictim
+
+    from advwm.attacks.losses import NonFiniteLossError
+    from advwm.callbacks import WatermarkExport
+
+    victim = LinearVictim("broken", 1.0)
+
+    class BreakAfterFirstStep(Callback):
+        def on_train_batch_end(self, *args) -> None:
+            victim.gain.fill_(float("nan"))
+
+    module = engine([victim], attack=generator_optimizer(), size=8, batch=2)
+    start = {k: v.detach().clone() for k, v in module.generator.state_dict().items()}
+    export = WatermarkExport(tmp_path, {"eps": EPS, "image_size": 8, "victims": {"broken": "random"}})
+    with pytest.raises(NonFiniteLossError) as caught:
+        fit(module, TensorFaces(torch.rand(2, 3, 8, 8) * 2 - 1, repeats=2), callbacks=[export, BreakAfterFirstStep()])
+    assert "\n" not in str(caught.value) and "iteration 1" in str(caught.value)
+    partial = load_generator(tmp_path / "generator.partial.pt")
+    weights = partial.generator.state_dict()
+    assert any(not torch.equal(weights[k], start[k]) for k in start)  # the first step was kept
+    assert all(torch.equal(weights[k], v) for k, v in module.generator.state_dict().items())
+    assert not (tmp_path / "watermark.partial.pt").exists()
