@@ -224,7 +224,7 @@ def craft(cfg: DictConfig) -> dict[str, Any]:
     cfg = with_requeue_checkpoint(cfg)
     check_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
-    with run_folder.exclusive(output_dir), signals.handled():
+    with run_folder.exclusive(output_dir), signals.handled(), signals.phase("starting"):
         problem = None if run_folder.secondary_process() else run_folder.checkpoint_in_folder_problem(
             output_dir, cfg.get("ckpt_path"))
         if problem:

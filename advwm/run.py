@@ -141,7 +141,7 @@ def cli(argv: Sequence[str] | None = None) -> None:
     if problem:
         raise SystemExit(f"error: {problem}")
     sys.argv = [sys.argv[0], *expand_home(args)]
-    with signals.ending_cleanly():  # SIGTERM/SIGINT end the process cleanly, between a multirun's runs too
+    with signals.ending_cleanly("starting or between runs"):  # SIGTERM/SIGINT: one line, status 128 + n
         main()
 
 

@@ -338,13 +338,20 @@ def outputs(folder: Path) -> tuple[torch.Tensor, dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("overrides", [MOMENTUM, PER_IMAGE], ids=["universal", "per_image"])
-def test_a_finished_runs_checkpoint_resumed_elsewhere_writes_its_outputs(tmp_path: Path, overrides: list[str]) -> None:
+@pytest.mark.parametrize(("overrides", "steps"), [(MOMENTUM, 6), (PER_IMAGE, 6),
+                                                  ([*MOMENTUM, "+trainer.max_steps=4"], 4)],
+                         ids=["universal", "per_image", "cut-by-max_steps"])
+def test_a_finished_runs_checkpoint_resumed_elsewhere_writes_its_outputs(tmp_path: Path, overrides: list[str],
+                                                                         steps: int, capsys) -> None:
+    """(With the same trainer.max_steps Lightning sees nothing left and skips its loop: `finish_crafted` judges.)"""
     craft(compose_run(tmp_path / "finished", overrides))
     checkpoint = tmp_path / "finished" / "checkpoints" / "last.ckpt"
-    assert torch.load(checkpoint, weights_only=True)["advwm_iteration"] == 6  # written when crafting ended
+    assert torch.load(checkpoint, weights_only=True)["advwm_iteration"] == steps  # written when crafting ended
+    capsys.readouterr()
     metrics = craft(compose_run(tmp_path / "elsewhere", [*overrides, f"ckpt_path={checkpoint}"]))
-    assert metrics["steps"] == 6 and metrics["images_judged"] > 0
+    skipped = f"the checkpoint's crafting had ended ({steps} iterations): judging and saving" in capsys.readouterr().out
+    assert skipped == (steps == 4)
+    assert metrics["steps"] == steps and metrics["images_judged"] > 0
     watermark, numbers = outputs(tmp_path / "elsewhere")
     original, original_numbers = outputs(tmp_path / "finished")
     assert torch.equal(watermark, original) and numbers == original_numbers

@@ -94,6 +94,7 @@ def _stop_handler(signum: int, frame: Any) -> None:
         _state.timer.start()
         return
     _cancel_timer()
+    _state.pending = None  # delivered now
     raise RunStopped(signum, _state.phase)
 
 
@@ -267,29 +268,46 @@ class IterationEnd(Callback):
                 bar.close()
 
 
+_at_stop: list[Callable[[], None]] = []  # run once when a signal ends the process (e.g. a search fails its trial)
+
+
+def at_stop(action: Callable[[], None]) -> None:
+    """Run `action` when a signal ends the process (`exit_stopped`), before its line; registered once."""
+    if action not in _at_stop:
+        _at_stop.append(action)
+
+
 @contextmanager
-def ending_cleanly() -> Iterator[None]:
+def ending_cleanly(doing: str = "starting", kept: str = "every file already written is whole",
+                   go_on: str = "run the same command again") -> Iterator[None]:
     """The process's outermost block (`advwm.run`, `advwm.protect`): signals handled, and a `RunStopped` turned into
-    its one line (stderr and the log) and the exit status 128 + the signal's number. Nested blocks add nothing."""
-    with handled():
+    its one line (stderr and the log) and the exit status 128 + the signal's number. `doing`, `kept`, `go_on`: the
+    line for a stop outside any phase a run names (a run's own line says what it keeps). Nested blocks add nothing
+    but their phase."""
+    with handled(), phase(doing):
         try:
             yield
         except RunStopped as stopped:
+            if stopped.line is None:
+                stopped.line = (f"error: stopped by {signal_name(stopped.signum)} while {stopped.phase}: {kept}; "
+                                f"{go_on}")
             exit_stopped(stopped)
 
 
 def exit_stopped(stopped: RunStopped) -> NoReturn:
-    line = stopped.line or default_line(stopped)
+    """Say what a signal stopped (stderr and the log file) and exit with status 128 + its number."""
+    for action in _at_stop:
+        try:
+            action()
+        except Exception as error:  # noqa: BLE001  (the stop is the story: a failed clean-up is only logged)
+            log.warning("while stopping: %s", error)
+    line = stopped.line or (f"error: stopped by {signal_name(stopped.signum)} while {stopped.phase}: every file "
+                            "already written is whole; run the same command again")
     from advwm.run_files.loggers import to_log_file
 
     to_log_file(line, logging.ERROR)
     print(line, file=sys.stderr, flush=True)
     raise SystemExit(stopped.status) from None
-
-
-def default_line(stopped: RunStopped) -> str:
-    return (f"error: stopped by {signal_name(stopped.signum)} while {stopped.phase}: every file already written is "
-            "whole; run the command again to start over")
 
 
 def resume_command(overrides: list[str], folder: Path, checkpoint: Path | None, drop: tuple[str, ...] = ()) -> str:
