@@ -359,9 +359,22 @@ def test_a_finished_runs_checkpoint_resumed_elsewhere_writes_its_outputs(tmp_pat
 
 
 @pytest.mark.slow
+def test_a_run_cut_short_without_a_periodic_checkpoint_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
+    """The checkpoint of a run's last iteration is written at that iteration's end: one written when the fit ends
+    says its epoch is complete, and the resume would skip the rest of it."""
+    rare = [*MOMENTUM, "checkpoint_every=1000"]
+    straight = craft(compose_run(tmp_path / "straight", rare))
+    craft(compose_run(tmp_path / "cut", [*rare, "+trainer.max_steps=2"]))
+    resumed = craft(compose_run(tmp_path / "resumed", [*rare, f"ckpt_path={tmp_path / 'cut/checkpoints/last.ckpt'}"]))
+    assert resumed["steps"] == straight["steps"] == 6
+    assert torch.equal(outputs(tmp_path / "resumed")[0], outputs(tmp_path / "straight")[0])
+
+
+@pytest.mark.slow
 def test_a_run_in_a_folder_holding_a_checkpoint_must_resume_it(tmp_path: Path) -> None:
     folder = tmp_path / "run"
-    craft(compose_run(folder, [*COMMON, "+trainer.max_steps=2"]))
+    every4 = [*COMMON, "checkpoint_every=4"]  # the stop's checkpoint first, then a periodic one at 4, the last at 6
+    craft(compose_run(folder, [*every4, "+trainer.max_steps=2"]))
     before = (folder / "checkpoints" / "last.ckpt").read_bytes()
     with pytest.raises(RunFolderError, match=rf"^run folder {folder} holds checkpoints/last.ckpt \(iteration 2\) of an "
                                              r"earlier run: resume that run \(python -m advwm.run .*ckpt_path="):
@@ -371,7 +384,7 @@ def test_a_run_in_a_folder_holding_a_checkpoint_must_resume_it(tmp_path: Path) -
     craft(compose_run(other, [*COMMON, "+trainer.max_steps=1"]))
     with pytest.raises(RunFolderError, match="holds checkpoints/last.ckpt"):  # a resume from elsewhere would overwrite
         craft(compose_run(folder, [*COMMON, f"ckpt_path={other / 'checkpoints' / 'last.ckpt'}"]))
-    assert craft(compose_run(folder, [*COMMON, f"ckpt_path={folder / 'checkpoints' / 'last.ckpt'}"]))["steps"] == 6
+    assert craft(compose_run(folder, [*every4, f"ckpt_path={folder / 'checkpoints' / 'last.ckpt'}"]))["steps"] == 6
     assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["last.ckpt"]
     assert torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["advwm_iteration"] == 6
 

@@ -35,8 +35,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from optuna.trial import TrialState
 from PIL import Image
-from test_run import REPO, small
+from test_run import REPO, compose_run, small
 
+from advwm.attacks.module import WatermarkAttack
+from advwm.pipeline import craft
 from advwm.run_files import signals
 from advwm.run_files.watermark_file import load_watermark
 
@@ -253,6 +255,29 @@ def test_slurm_requeue_signal_checkpoints_requeues_and_the_requeued_job_resumes(
     assert f"requeued SLURM job: resuming from {folder / newest}" in requeued.stdout
     watermark, metrics = outputs(folder)
     assert torch.equal(watermark, straight[0]) and metrics == straight[1]
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_the_requeue_signal_in_the_middle_of_an_iteration_checkpoints_at_its_end(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process and deterministic: the signal arrives right after the attack's step of iteration 3, before the
+    iteration is counted. Lightning's own handler would write the checkpoint there (3 steps, 2 iterations: a resume
+    would take the step again); held to the iteration's end, the checkpoint is whole."""
+    env, record = slurm_env(tmp_path)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    take_step = WatermarkAttack.take_step
+
+    def step_then_signal(module: WatermarkAttack, loss: torch.Tensor | None = None) -> None:
+        take_step(module, loss)
+        if module.trainer.global_step == 3:
+            signal.raise_signal(signal.SIGUSR1)
+
+    monkeypatch.setattr(WatermarkAttack, "take_step", step_then_signal)
+    metrics = craft(compose_run(tmp_path / "run", [*TINY, "attack.iterations=3"]))
+    assert metrics["steps"] == 6 and record.read_text() == "requeue 4242\n"
+    hpc = torch.load(tmp_path / "run" / "hpc_ckpt_1.ckpt", weights_only=True)
+    assert hpc["global_step"] == hpc["advwm_iteration"] == 3
 
 
 def test_the_slurm_launcher_asks_for_lightnings_requeue_signal(tmp_path: Path) -> None:

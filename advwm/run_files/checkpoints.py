@@ -53,10 +53,10 @@ def save_last(trainer: Any) -> Path | None:
     path = last_checkpoint_path(trainer)
     if path is None:
         return None
-    trainer.save_checkpoint(path, weights_only=False)
     for callback in trainer.checkpoint_callbacks:
         if isinstance(callback, ModelCheckpoint) and callback.save_last:
-            callback.last_model_path = str(path)
+            callback.last_model_path = str(path)  # before saving: the checkpoint's own state says the file is its
             callback._last_global_step_saved = trainer.global_step  # its skip rule: not the same step twice
             callback._last_checkpoint_saved = str(path)  # else it writes last.ckpt again when the fit ends (below)
+    trainer.save_checkpoint(path, weights_only=False)
     return path
