@@ -109,15 +109,22 @@ def _cancel_timer() -> None:
         _state.timer = None
 
 
+REQUEUED_WHILE = "judging"  # besides crafting (at an iteration end): judging may be long, saving takes seconds
+
+
 def _requeue_handler(signum: int, frame: Any) -> None:
     if _state.holding:
         _state.requeue_pending = signum
-        return
-    if _state.requeue is not None:  # judging: crafting has ended and its checkpoint is whole
+    else:
+        _requeue_now(signum)
+
+
+def _requeue_now(signum: int) -> None:
+    if _state.requeue is not None and _state.phase == REQUEUED_WHILE:  # crafting ended: its checkpoint is whole
         _state.requeue(signum)
     else:
-        log.warning("%s received while %s: nothing to requeue from, the run goes on", signal_name(signum),
-                    _state.phase)
+        log.warning("%s received while %s: not requeued (the run ends by itself in seconds, or nothing is crafted "
+                    "yet)", signal_name(signum), _state.phase)
 
 
 def _quiet_lightning(record: logging.LogRecord) -> bool:
@@ -159,9 +166,9 @@ def set_phase(name: str, holding: bool = False) -> None:
         signum, _state.pending = _state.pending, None
         _cancel_timer()
         raise RunStopped(signum, name)
-    if not holding and _state.requeue_pending is not None and _state.requeue is not None:
+    if not holding and _state.requeue_pending is not None:
         signum, _state.requeue_pending = _state.requeue_pending, None
-        _state.requeue(signum)
+        _requeue_now(signum)
 
 
 def current_phase() -> str:
