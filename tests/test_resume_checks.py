@@ -60,6 +60,7 @@ PRESETS = {
                "execution=gpu_fast"],
     "folder": ["+victims=[attgan]", "data=folder", "+method=cdmaa_apgd"],
     "search": ["+victims=[stargan]", "hparams_search=cmua_step_sizes"],
+    "apgd": ["+victims=[stargan,attgan]", "attack=apgd", "aggregator=uniform"],
 }
 WEIGHT_MODES = ("checkpoint", "random", "auto")
 
@@ -118,7 +119,8 @@ def named(saved: dict, current: dict) -> set[str]:
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_every_key_may_change_or_is_refused_naming_it(preset: str) -> None:
     cfg = composed(PRESETS[preset])
-    judged_after = "per_image" not in preset
+    judged_after = not cfg.scope._target_.endswith("PerImage")  # per image, batches are judged while crafting
+    scheduled = judged_after and cfg.attack.optimizer._target_.endswith("APGD")  # its schedule spans max_epochs
     original = resume_signature(cfg)
     free, refused = [], []
     for key in leaf_keys(cfg):
@@ -127,7 +129,7 @@ def test_every_key_may_change_or_is_refused_naming_it(preset: str) -> None:
             OmegaConf.update(mutated, key, changed(key, resolved(cfg, key)), merge=False)
         current = resume_signature(mutated)
         name = key[: -len("._target_")] if key.endswith("._target_") else key  # a group's class names the group
-        if may_change(key, judged_after):  # it may still change a setting that interpolates it (paths -> data.root)
+        if may_change(key, judged_after, scheduled):  # it may change a setting interpolating it (paths -> data.root)
             assert name not in named(original, current), f"{key} may change, yet it is refused"
             free.append(key)
         else:
@@ -136,12 +138,13 @@ def test_every_key_may_change_or_is_refused_naming_it(preset: str) -> None:
             assert line is not None and "\n" not in line and name in line
             refused.append(key)
     assert len(refused) > 30, len(refused)
-    for kept in ("attack.step_size", "seed", "eps", "image_size", "trainer.max_epochs", "trainer.precision",
-                 "aggregator._target_", "data.batch_size"):
+    for kept in ("attack.step_size", "seed", "eps", "image_size", "trainer.precision", "aggregator._target_",
+                 "data.batch_size"):
         assert kept in refused
     for loose in ("paths.log_dir", "checkpoint_every", "task_name", "objective", "trainer.devices"):
         assert loose in free
     assert ("metrics.success_threshold" in free) == judged_after  # per image, batches are judged while crafting
+    assert ("trainer.max_epochs" in refused) == scheduled and (scheduled or preset != "apgd")
 
 
 def test_a_group_chosen_differently_is_named_by_the_group_and_its_classes() -> None:
@@ -283,6 +286,17 @@ def test_the_module_refuses_a_damaged_checkpoint_too(stopped: dict[str, Path], t
     with pytest.raises(ConfigError, match=rf"^ckpt_path={path} cannot be resumed: its perturbation exceeds the budget"):
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(path))
     assert torch.equal(module.perturbation.detach(), torch.zeros_like(module.perturbation))
+
+
+@pytest.mark.slow
+def test_more_passes_continue_crafting_unless_a_schedule_spans_the_run(tmp_path: Path) -> None:
+    """trainer.max_epochs is when crafting stops (a larger one goes on: tests/test_run.py shows the result equals
+    the longer run), except for APGD on a universal watermark, whose schedule spans max_epochs passes."""
+    apgd = [*COMMON, "attack=apgd", "aggregator=uniform"]
+    craft(compose_run(tmp_path / "apgd", [*apgd, "+trainer.max_steps=2"]))
+    with pytest.raises(ConfigValueError, match=r"trainer\.max_epochs \(1 there, 2 here\)"):
+        craft(compose_run(tmp_path / "longer", [*apgd, "trainer.max_epochs=2",
+                                                f"ckpt_path={tmp_path / 'apgd/checkpoints/last.ckpt'}"]))
 
 
 # ---- what the config points to: weight files and photos ---------------------------------------------------------

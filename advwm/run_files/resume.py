@@ -41,6 +41,7 @@ MAY_CHANGE: tuple[str, ...] = (
     "checkpoint_every",                    # how often a checkpoint is written
     "callbacks.checkpoint", "callbacks.snapshots", "callbacks.progress", "callbacks.export.output_dir",
     "trainer.max_steps",                   # cuts a run short; resuming with a larger one is the normal use
+    # (trainer.max_epochs: PASSES, below)
     "trainer.accelerator", "trainer.devices", "trainer.num_nodes", "trainer.strategy",  # where it runs (DDP's
     # processes share each batch so that their union is one process's batch: tests/test_metrics_ddp.py)
     "trainer.log_every_n_steps", "trainer.enable_progress_bar", "trainer.enable_model_summary",
@@ -55,6 +56,10 @@ MAY_CHANGE: tuple[str, ...] = (
 # Judging settings: free to change where faces are judged only after crafting (universal: the held-out faces), not
 # where each crafted batch is judged during crafting (per image), whose first batches the checkpoint judged already.
 JUDGING: tuple[str, ...] = ("metrics", "callbacks.evaluation.settings")
+# How many passes: like trainer.max_steps it only says when crafting stops (a larger one continues it: the resumed run
+# equals the longer uninterrupted one), except where an attack's schedule spans the run (APGD on a universal
+# watermark: `WatermarkAttack._schedule_length`), which a new length would change.
+PASSES: tuple[str, ...] = ("trainer.max_epochs",)
 CRAFT_FILES = "data.craft_files"  # the crafting list's hash: known once the faces are read (`craft_files_hash`)
 EPS_SLACK = 1e-6  # float32 rounding of eps (0.05 is 0.0500000007 in float32); far below one grey level, 0.0078
 UNSET = "unset"
@@ -68,9 +73,9 @@ def _matches(key: str, pattern: str) -> bool:
     return len(wanted) <= len(parts) and all(fnmatch.fnmatchcase(p, w) for p, w in zip(parts, wanted, strict=False))
 
 
-def may_change(key: str, judged_after_crafting: bool = True) -> bool:
-    """True when `key` (dotted) may differ between a checkpoint and its resume (see MAY_CHANGE, JUDGING)."""
-    patterns = MAY_CHANGE + (JUDGING if judged_after_crafting else ())
+def may_change(key: str, judged_after_crafting: bool = True, scheduled_over_run: bool = False) -> bool:
+    """True when `key` (dotted) may differ between a checkpoint and its resume (see MAY_CHANGE, JUDGING, PASSES)."""
+    patterns = MAY_CHANGE + (JUDGING if judged_after_crafting else ()) + (() if scheduled_over_run else PASSES)
     return any(_matches(key, pattern) for pattern in patterns)
 
 
@@ -95,6 +100,17 @@ def _plain(node: Any) -> Any:
 def _judged_after_crafting(cfg: DictConfig) -> bool:
     target = str(OmegaConf.select(cfg, "scope._target_", default="") or "")
     return not target.endswith("PerImage")
+
+
+def _scheduled_over_run(cfg: DictConfig) -> bool:
+    """The attack's schedule spans the whole run (APGD's `scheduled` optimizer on a universal watermark)."""
+    import hydra
+
+    try:
+        optimizer = hydra.utils.get_class(str(OmegaConf.select(cfg, "attack.optimizer._target_")))
+    except Exception:  # noqa: BLE001  (an attack we cannot name: assume it has a schedule, keep max_epochs)
+        return True
+    return bool(getattr(optimizer, "scheduled", False)) and _judged_after_crafting(cfg)
 
 
 def _leaves(node: DictConfig, prefix: str, keep: Any) -> Iterable[tuple[str, Any]]:
@@ -124,8 +140,8 @@ def victim_weights(entry: DictConfig) -> tuple[str, str | None]:
 
 def resume_signature(cfg: DictConfig) -> dict[str, Any]:
     """Dotted key -> value for every setting a checkpoint must share with the run resuming it (see the module)."""
-    after = _judged_after_crafting(cfg)
-    signature = dict(_leaves(cfg, "", lambda key: not may_change(key, after)))
+    after, scheduled = _judged_after_crafting(cfg), _scheduled_over_run(cfg)
+    signature = dict(_leaves(cfg, "", lambda key: not may_change(key, after, scheduled)))
     for name, entry in (cfg.get("victims") or {}).items():
         signature[f"victims.{name}.weights"], signature[f"victims.{name}.weights_sha256"] = victim_weights(entry)
     return signature
