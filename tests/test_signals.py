@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -38,6 +39,7 @@ from PIL import Image
 from test_run import REPO, compose_run, small
 
 from advwm.attacks.module import WatermarkAttack
+from advwm.callbacks import EvaluationCallback
 from advwm.pipeline import craft
 from advwm.run_files import signals
 from advwm.run_files.watermark_file import load_watermark
@@ -164,6 +166,22 @@ def test_the_first_signal_waits_for_the_iteration_the_second_stops_at_once(monke
 
 # ---- while judging ---------------------------------------------------------------------------------------------
 
+@pytest.mark.usefixtures("single_thread")
+def test_the_watermark_and_the_checkpoint_are_written_before_judging_begins(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = {}
+    judge = EvaluationCallback.judge_held_out
+
+    def judging(callback: EvaluationCallback, trainer, module) -> None:
+        seen["files"] = sorted(p.name for p in (tmp_path / "run").rglob("*") if p.suffix in (".pt", ".ckpt"))
+        seen["iteration"] = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)[
+            "advwm_iteration"]
+        judge(callback, trainer, module)
+
+    monkeypatch.setattr(EvaluationCallback, "judge_held_out", judging)
+    craft(compose_run(tmp_path / "run", [*TINY, "attack.iterations=2"]))
+    assert seen == {"files": ["last.ckpt", "watermark.pt"], "iteration": 4}
+
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """2 faces to craft on and 40 to judge: judging (with two sharing transforms) outlasts the signal's delivery."""
@@ -199,6 +217,7 @@ def test_a_signal_while_judging_stops_at_once_keeping_the_crafted_watermark(
     run.send(signum)
     status, line = run.finish()
     assert not (folder / "metrics.json").exists()  # it stopped while judging, not after
+    assert not re.search(r"judging \([^\r\n]*100%", run.text())  # the judging bar never finished
     assert torch.equal(load_watermark(folder / "watermark.pt").tensor, judged_reference[0])
     assert torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["advwm_iteration"] == 2
     if signum == signal.SIGKILL:
