@@ -139,7 +139,7 @@ def test_a_signal_while_crafting_keeps_the_iteration_and_its_command_resumes(
 def test_the_first_signal_waits_for_the_iteration_the_second_stops_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process: the held signal, the same signal again, and the grace period's own second signal."""
     def sleep_a_while() -> None:
-        for _ in range(400):
+        for _ in range(100):  # a signal is handled between two of these (the grace timer's after 0.1 s)
             time.sleep(0.01)
 
     with signals.handled():
