@@ -24,6 +24,7 @@ from advwm import resolvers  # noqa: F401  (registers the config resolvers)
 from advwm.attacks.module import NonFiniteLossError
 from advwm.data import NoImagesError
 from advwm.pipeline import ConfigError, check_weights, craft, objective
+from advwm.run_files import signals
 from advwm.run_files.folder import DISK_FULL_ADVICE, RunFolderError
 from advwm.run_files.io import DiskFullError, disk_full_message, is_disk_full
 from advwm.run_files.loggers import to_log_file
@@ -114,6 +115,8 @@ def main(cfg: DictConfig) -> float:
             print(banner, flush=True)
             to_log_file(banner)
         return objective(cfg, craft(cfg))
+    except signals.RunStopped as stopped:  # one line, exit status 128 + the signal's number (a submitit job too)
+        signals.exit_stopped(stopped)
     except USER_ERRORS as error:
         stop(f"error: {error}" + (f": {DISK_FULL_ADVICE}" if isinstance(error, DiskFullError) else ""), error)
     except Exception as error:
@@ -138,7 +141,8 @@ def cli(argv: Sequence[str] | None = None) -> None:
     if problem:
         raise SystemExit(f"error: {problem}")
     sys.argv = [sys.argv[0], *expand_home(args)]
-    main()
+    with signals.ending_cleanly("starting or between runs"):  # SIGTERM/SIGINT: one line, status 128 + n
+        main()
 
 
 if __name__ == "__main__":
