@@ -202,7 +202,8 @@ def judged_reference(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 def judged(photos: Path) -> list[str]:
     return ["+victims=[stargan]", "weights=random", "logger=csv", "metrics=fast", "metrics.robustness=[jpeg75,blur1]",
-            "data=folder", f"data.root={photos}", "data.n_craft=2", "data.batch_size=2", "data.eval_batch_size=1",
+            "data=folder", f"data.root={photos}", "data.detect=false", "data.n_craft=2", "data.batch_size=2",
+            "data.eval_batch_size=1",
             "attack.iterations=2", "checkpoint_every=1000", *small("stargan")]
 
 
