@@ -14,7 +14,7 @@ torch: about 0.1 s per composition) and checked:
   defaults, the objective, missing weight files);
 - a multirun: every job of a basic sweep (`a=1,2 b=x,y` and the preset's `hydra.sweeper.params`, as Hydra's
   BasicSweeper splits them; at most MAX_JOBS), the base config of any other sweeper;
-- a step-size search: its study storage and the study's signature (`advwm.search.study_problem`).
+- a step-size search: its study storage and the study's signature (`advwm.studies.study_problem`).
 
 What needs torch (a `ckpt_path`'s content, the image size each victim takes) is checked in the run itself.
 """
@@ -236,11 +236,10 @@ def preflight(args: Sequence[str]) -> None:
     for job in job_list:
         job_problem(job, swept=len(job_list) > 1)
     if OmegaConf.select(base, "hydra.sweeper.custom_search_space", default=None) == SEARCH_HOOK:
-        from advwm.search import search_warnings, study_problem  # optuna: only for a search
+        from advwm.studies import search_warnings, study_problem
 
         problem = study_problem(base)
         if problem:
             raise PreflightError(problem)
         for line in search_warnings(base):
-            log.warning(line)
             print(f"warning: {line}", flush=True)

@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from advwm import preflight as pre
-from advwm import search
+from advwm import search, studies
 from advwm.errors import ConfigError
 from advwm.run_files import folder as run_folder
 from advwm.validation import CHOICES, PRECISIONS, SUCCESS_KINDS, WEIGHT_MODES, objective_problem, type_problems
@@ -124,7 +124,7 @@ def test_a_search_with_another_objective_victims_space_or_data_is_refused_naming
 
 
 def test_the_signature_covers_every_setting_but_the_listed_free_ones() -> None:
-    signature = search.study_signature(composed(*SMOKE_SEARCH))
+    signature = studies.study_signature(composed(*SMOKE_SEARCH))
     for key in ("objective", "hydra.sweeper.direction", "eps", "image_size", "attack.step_size",
                 "victims.stargan.arch.conv_dim", "victims.attgan.weights", "data.evaluate", "aggregator._target_",
                 "metrics.success_threshold", "step_search.low", "trainer.precision", "trainer.max_epochs"):
@@ -136,28 +136,29 @@ def test_the_signature_covers_every_setting_but_the_listed_free_ones() -> None:
 
 
 def test_search_warnings_and_the_tie_warning() -> None:
-    warnings = search.search_warnings(composed("experiment=smoke", "hparams_search=cmua_step_sizes"))
+    warnings = studies.search_warnings(composed("experiment=smoke", "hparams_search=cmua_step_sizes"))
     assert warnings and "objective=sr_mask/mean stays where it is" in warnings[0]
     assert "objective=avg_l/mean" in warnings[0]
-    assert search.search_warnings(composed(*SMOKE_SEARCH)) == []
-    assert search.tie_warning([0.0, 0.0, 0.0], "sr_mask/mean", True) == (
+    assert studies.search_warnings(composed(*SMOKE_SEARCH)) == []
+    assert studies.tie_warning([0.0, 0.0, 0.0], "sr_mask/mean", True) == (
         "all 3 trials scored sr_mask/mean = 0: random victims leave sr_mask/mean where it is; search with "
         "objective=avg_l/mean")
-    assert search.tie_warning([0.1, 0.2], "avg_l/mean", True) is None
-    assert search.tie_warning([0.3], "avg_l/mean", True) is None  # one trial ties with nothing
-    assert search.tie_warning([0.5, 0.5, float("nan")], "sr_mask/mean", False).startswith("all 2 trials scored")
+    assert studies.tie_warning([0.1, 0.2], "avg_l/mean", True) is None
+    assert studies.tie_warning([0.3], "avg_l/mean", True) is None  # one trial ties with nothing
+    assert studies.tie_warning([0.5, 0.5, float("nan")], "sr_mask/mean", False).startswith("all 2 trials scored")
 
 
 def test_storage_problems_name_the_key_and_what_is_wrong(tmp_path: Path) -> None:
-    assert search.storage_problem(f"sqlite:///{tmp_path / 'new.db'}") is None
-    assert search.storage_problem(f"sqlite:///{tmp_path / 'no' / 'such' / 'x.db'}") == (
+    assert studies.storage_problem(f"sqlite:///{tmp_path / 'new.db'}") is None
+    assert studies.storage_problem(f"sqlite:///{tmp_path / 'no' / 'such' / 'x.db'}") == (
         f"hparams_search_storage=sqlite:///{tmp_path / 'no' / 'such' / 'x.db'}: the folder {tmp_path / 'no' / 'such'} "
         "does not exist: create it or choose another")
     (tmp_path / "empty.db").write_bytes(b"")  # SQLite takes an empty file as an empty database
-    assert search.storage_problem(f"sqlite:///{tmp_path / 'empty.db'}") is None
-    assert search.storage_problem("postgresql://user:secret@host/db") is None  # checked by opening it (optuna)
-    problem = search.study_problem(composed(*SMOKE_SEARCH, "hparams_search_storage=postgresql+nosuchdriver://u:pw@h/d"))
-    assert problem.startswith("hparams_search_storage=postgresql+nosuchdriver://u:***@h/d: optuna cannot use it")
+    assert studies.storage_problem(f"sqlite:///{tmp_path / 'empty.db'}") is None
+    assert studies.storage_problem("postgresql://user:secret@host/db") is None  # checked by opening it (optuna)
+    problem = studies.study_problem(composed(*SMOKE_SEARCH, "hparams_search_storage=postgresql+nosuchdriver://u:pw@h/d"))
+    assert problem.startswith("hparams_search_storage=postgresql+nosuchdriver://u:***@h/d: cannot open it as a study "
+                              "storage (")
 
 
 # ---- the run folder a refused run leaves ----------------------------------------------------------------------
