@@ -3,6 +3,7 @@
     python experiments/startup.py                 # 5 repeats each, median; writes outputs/startup/startup.{json,md}
     python experiments/startup.py --repeats 9 --smoke   # also time `python -m advwm.run experiment=smoke` (once per
                                                         # repeat; it crafts and judges, so it takes seconds)
+    python experiments/startup.py --checkout /path/to/an/older/advwm     # the same commands of another checkout
 
 Each command runs in a fresh process (the way a person runs it), commands in turn within a repeat so that a change
 of load hits all of them alike. CPU time is the child's user + system time (`resource.getrusage(RUSAGE_CHILDREN)`);
@@ -43,7 +44,7 @@ def timed(args: list[str], env: dict[str, str], extra: list[str]) -> tuple[float
     """(wall seconds, CPU seconds, exit status) of one fresh process."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, *args, *extra], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+    done = subprocess.run([sys.executable, *args, *extra], cwd=env["PYTHONPATH"], env=env, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL, check=False)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -52,7 +53,7 @@ def timed(args: list[str], env: dict[str, str], extra: list[str]) -> tuple[float
 
 def heavy_imports(args: list[str], env: dict[str, str], extra: list[str]) -> list[str]:
     """Which of torch / lightning the command imports (from `-X importtime`)."""
-    done = subprocess.run([sys.executable, "-X", "importtime", *args, *extra], cwd=REPO, env=env,
+    done = subprocess.run([sys.executable, "-X", "importtime", *args, *extra], cwd=env["PYTHONPATH"], env=env,
                           capture_output=True, text=True, check=False)
     names = {line.rsplit("|", 1)[1].strip().split(".")[0] for line in done.stderr.splitlines()
              if line.startswith("import time:") and line.count("|") == 2}
@@ -63,11 +64,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--smoke", action="store_true", help="also time the smoke run (experiment=smoke)")
+    parser.add_argument("--checkout", default=str(REPO), help="the advwm checkout whose commands are timed")
     parser.add_argument("--out", default=str(REPO / "outputs" / "startup"))
     options = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="advwm-startup-"))
-    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "ADVWM_ROOT": str(scratch),
-           "HYDRA_FULL_ERROR": "0"}
+    env = {**os.environ, "PYTHONPATH": str(Path(options.checkout).resolve()), "WANDB_MODE": "offline",
+           "ADVWM_ROOT": str(scratch), "HYDRA_FULL_ERROR": "0"}
     commands = COMMANDS + ([SMOKE] if options.smoke else [])
     # the run folders of the smoke runs go to the scratch root; the config errors make none
     extra = {name: ([f"hydra.run.dir={scratch}/smoke/{{}}"] if name == SMOKE[0] else []) for name, _ in commands}
@@ -84,14 +86,14 @@ def main() -> None:
     for name, args in commands:
         wall = statistics.median(w for w, _ in samples[name])
         cpu = statistics.median(c for _, c in samples[name])
-        heavy = [] if name == SMOKE[0] else heavy_imports(args, env, extra[name])
+        heavy = ["yes: it crafts"] if name == SMOKE[0] else heavy_imports(args, env, extra[name])
         rows.append({"command": name, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
                      "wall_over_python_s": round(wall - baseline_wall, 3),
                      "cpu_over_python_s": round(cpu - baseline_cpu, 3), "exit_status": status[name],
                      "imports": heavy})
     load = os.getloadavg()
-    header = (f"{options.repeats} repeats, median; {os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} "
-              f"{load[2]:.2f} at the end; python {sys.version.split()[0]}")
+    header = (f"{options.checkout}: {options.repeats} repeats, median; {os.cpu_count()} CPUs, load average "
+              f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end; python {sys.version.split()[0]}")
     lines = [header, "", "| command | wall | CPU | wall − `python -c pass` | torch / Lightning imported |",
              "|---|---|---|---|---|"]
     for row in rows:
