@@ -117,6 +117,11 @@ def test_an_error_found_in_the_run_before_any_work_removes_the_folder_the_run_ma
     line = error_line(command("advwm.run", *STARGAN, f"ckpt_path={notes}", f"paths.log_dir={logs}"))
     assert line.startswith(f"error: ckpt_path={notes} is not a checkpoint of an advwm run")
     assert folders_under(logs) == ["craft", "craft/runs"]  # the run's own folder is gone
+    line = error_line(command("advwm.run", "-m", *STARGAN, f"ckpt_path={notes}", "eps=0.05,0.06",
+                              f"paths.log_dir={logs}"))
+    assert line.startswith(f"error: ckpt_path={notes} is not a checkpoint of an advwm run")
+    assert folders_under(logs) == ["craft", "craft/multiruns", "craft/runs"]  # neither the job's nor the multirun's
+    assert [p for p in logs.rglob("*") if p.is_file()] == []
     # a folder the person named is theirs: kept, whatever happened
     mine = tmp_path / "mine"
     mine.mkdir()

@@ -56,6 +56,7 @@ _held: dict[Path, int] = {}  # folder -> the open lock file descriptor
 _made: set[Path] = set()  # folders (run folders, multirun folders) this process created
 HYDRA_FILES = ".hydra"  # Hydra's own record of the run (config.yaml, hydra.yaml, overrides.yaml)
 CONFIG_FILE = "config.yaml"  # advwm's resolved config, its first write (advwm.pipeline)
+MULTIRUN_FILE = "multirun.yaml"  # what Hydra writes into a multirun folder before its first job
 
 
 class RunFolderError(RuntimeError):
@@ -175,7 +176,9 @@ def untouched(folder: Path, log_name: str) -> bool:
 
 def discard_untouched(folder: str | os.PathLike, log_name: str) -> bool:
     """Remove `folder` when this process made it, holds its lock and nothing but Hydra, the lock, the log and the
-    config is in it (a run stopped before any work); True if removed. Log handlers writing into it are closed."""
+    config is in it (a run stopped before any work); True if removed. Log handlers writing into it are closed. The
+    multirun folder it is a job of goes too when this process made it and nothing but Hydra's multirun.yaml is
+    left (the first job stopped)."""
     key = _key(folder)
     if secondary_process() or key not in _held or not made_here(key) or not untouched(key, log_name):
         return False
@@ -186,8 +189,11 @@ def discard_untouched(folder: str | os.PathLike, log_name: str) -> bool:
             handler.close()
     try:
         shutil.rmtree(key)
+        sweep = key.parent  # a multirun folder this process made, now holding only Hydra's multirun.yaml: gone too
+        if sweep in _made and {entry.name for entry in sweep.iterdir()} <= {MULTIRUN_FILE}:
+            shutil.rmtree(sweep)
     except OSError:
-        return False
+        return not key.exists()
     return True
 
 
