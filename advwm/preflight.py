@@ -210,10 +210,13 @@ def jobs(overrides: Sequence[str], multirun: bool) -> tuple[DictConfig, list[lis
     return base, [list(job) for job in batches[0][:MAX_JOBS]]
 
 
-def job_problem(job: Sequence[str], swept: bool) -> None:
+def job_problem(job: Sequence[str], swept: bool, references: dict[tuple[str, ...], DictConfig]) -> None:
+    """Check one job's config; `references` caches the defaults of each set of group choices (jobs share them)."""
     cfg = compose_checked(job)
-    groups = [text for text, o in zip(job, parse(job), strict=True) if is_group(o)]
-    reference = compose_checked(groups)
+    groups = tuple(text for text, o in zip(job, parse(job), strict=True) if is_group(o))
+    if groups not in references:
+        references[groups] = compose_checked(groups)
+    reference = references[groups]
     try:
         check_values(cfg, reference)
     except ConfigError as error:
@@ -233,8 +236,9 @@ def preflight(args: Sequence[str]) -> None:
     multirun = any(arg in MULTIRUN_FLAGS for arg in args)
     overrides = [arg for arg in args if arg not in MULTIRUN_FLAGS]
     base, job_list = jobs(overrides, multirun)
+    references: dict[tuple[str, ...], DictConfig] = {}
     for job in job_list:
-        job_problem(job, swept=len(job_list) > 1)
+        job_problem(job, swept=len(job_list) > 1, references=references)
     if OmegaConf.select(base, "hydra.sweeper.custom_search_space", default=None) == SEARCH_HOOK:
         from advwm.studies import search_warnings, study_problem
 
