@@ -27,7 +27,7 @@ from omegaconf import DictConfig
 
 from advwm import resolvers  # noqa: F401  (registers the config resolvers)
 from advwm.errors import ConfigError
-from advwm.preflight import preflight
+from advwm.preflight import preflight, wants_hydra_itself
 from advwm.run_files import folder as run_folder
 from advwm.run_files.folder import DISK_FULL_ADVICE, RunFolderError
 from advwm.run_files.io import DiskFullError, disk_full_message, is_disk_full
@@ -128,7 +128,12 @@ def main(cfg: DictConfig) -> float:
     quiet_third_party_noise()
     try:
         return run(cfg)
-    except Exception as error:
+    except BaseException as error:
+        signals = sys.modules.get("advwm.run_files.signals")  # loaded by the run; a stop exists only then
+        if signals is not None and isinstance(error, signals.RunStopped):  # one line, status 128 + the signal
+            signals.exit_stopped(error)
+        if not isinstance(error, Exception):
+            raise
         if user_error(error):
             stop(f"error: {error}" + (f": {DISK_FULL_ADVICE}" if isinstance(error, DiskFullError) else ""), error)
         if not is_disk_full(error):
@@ -189,7 +194,13 @@ def cli(argv: Sequence[str] | None = None) -> None:
             raise
         raise SystemExit(f"error: {error}") from None
     sys.argv = [sys.argv[0], *args]
-    main()
+    if wants_hydra_itself(args):  # --help, --cfg, ...: Hydra answers, nothing runs, nothing loads Lightning
+        main()
+        return
+    from advwm.run_files import signals  # Lightning: a run starts
+
+    with signals.ending_cleanly("starting or between runs"):  # SIGTERM/SIGINT: one line, status 128 + n
+        main()
 
 
 if __name__ == "__main__":

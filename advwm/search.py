@@ -17,7 +17,7 @@ a process killed in between left its trial RUNNING forever. The same hook theref
 - writes `trial.json` (trial number, study, parameters) into the trial's run folder and records that folder in
   the trial's user attributes (`run_folder`), so trials and folders find each other both ways.
 Stale trials are checked whenever a trial starts, so resuming a study fails the killed trial as soon as its
-grace period is over.
+grace period is over. A trial stopped by SIGTERM or SIGINT is marked FAIL at once (`fail_own_trials`).
 
 What a study optimises: the hook also records the signature of the search's settings in the study with its first
 trial (`record_signature`) and refuses a trial whose settings differ; `advwm.studies` computes the signature and,
@@ -38,7 +38,7 @@ from optuna.trial import TrialState
 
 from advwm.errors import ConfigError
 from advwm.report.sweeps import _mask_password  # the report's: user:***@host, one implementation
-from advwm.run_files import io
+from advwm.run_files import io, signals
 from advwm.studies import SIGNATURE_ATTR, study_difference, study_signature
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 DEFAULT_SUBDIR = "${hydra.job.num}"  # conf/hydra/default.yaml: a multirun's run folders are <sweep dir>/<job number>
 _storages: dict[tuple[str, int, int], HeartbeatStorage] = {}
 _jobs_started: dict[str, int] = {}  # sweep folder -> trials handed to the launcher so far (= the next job number)
+_beating: dict[int, RDBStorage] = {}  # trial id -> its storage: this process's trials with a heartbeat
+
 
 def step_size_bounds(cfg: DictConfig) -> tuple[float, float]:
     search = cfg.get("step_search") or {}
@@ -136,10 +138,24 @@ def beat(storage: RDBStorage, trial_id: int, interval: float) -> None:
 
 def start_heartbeat(storage: RDBStorage, trial_id: int, interval: float) -> threading.Thread:
     storage.record_heartbeat(trial_id)  # at once: from now on the trial's owner is provably alive or gone
+    _beating[trial_id] = storage
+    signals.at_stop(fail_own_trials)
     thread = threading.Thread(target=beat, args=(storage, trial_id, interval), daemon=True,
                               name=f"advwm-heartbeat-{trial_id}")
     thread.start()
     return thread
+
+
+def fail_own_trials() -> list[int]:
+    """Mark FAIL this process's trials still RUNNING, their numbers: a signal stopped the search
+    (`advwm.run_files.signals`), so the resumed study need not wait for their heartbeat to go stale."""
+    failed = []
+    for trial_id, storage in list(_beating.items()):
+        trial = storage.get_trial(trial_id)
+        if trial.state == TrialState.RUNNING and storage.set_trial_state(trial_id, TrialState.FAIL):
+            failed.append(trial.number)
+        _beating.pop(trial_id, None)
+    return failed
 
 
 def fail_stale_trials(storage: HeartbeatStorage, study_name: str) -> list[int]:

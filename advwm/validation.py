@@ -333,6 +333,8 @@ def value_problems(cfg: DictConfig, reference: DictConfig | None = None) -> list
 
 def config_problems(cfg: DictConfig, reference: DictConfig | None = None) -> list[str]:
     """`value_problems` and what needs torch: `ckpt_path` must be a checkpoint of an advwm run like this one."""
+    from advwm.run_files.resume import checkpoint_problem  # the resume checks (torch: they read the checkpoint)
+
     problems = value_problems(cfg, reference)
     problems.append(checkpoint_problem(cfg.get("ckpt_path"), cfg))
     return [p for p in problems if p is not None]
@@ -354,61 +356,6 @@ def check_config(cfg: DictConfig) -> None:
     problems = config_problems(cfg)
     if problems:
         raise ConfigValueError("; ".join(problems))
-
-
-# The settings a checkpoint must share with the run that resumes it (what its perturbation and position mean).
-RESUME_KEYS = ("image_size", "eps", "seed", "victims", "scope", "data.batch_size", "attack", "attack.iterations",
-               "aggregator")
-
-
-def resume_signature(cfg: DictConfig) -> dict[str, Any]:
-    """Config key -> value for every RESUME_KEYS entry; groups are named by the class they instantiate."""
-    signature: dict[str, Any] = {}
-    for key in RESUME_KEYS:
-        value = OmegaConf.select(cfg, key, default=None)
-        if key == "victims":
-            value = sorted(value or {})
-        elif isinstance(value, DictConfig):
-            value = str(value.get("_target_", "")).rsplit(".", 1)[-1] + (f":{value.name}" if "name" in value else "")
-        signature[key] = value
-    return signature
-
-
-def signature_difference(saved: Mapping[str, Any], current: Mapping[str, Any]) -> str | None:
-    """The first setting a checkpoint was written with that this run changes, as one line (None: they agree)."""
-    for key, value in current.items():
-        if key in saved and saved[key] != value:
-            return (f"the checkpoint was written with {key}={saved[key]!r}, this run has {key}={value!r}: resume "
-                    f"with the same {key} (or start a new run)")
-    return None
-
-
-def checkpoint_problem(value: Any, cfg: DictConfig) -> str | None:
-    """ckpt_path must be a checkpoint of an advwm run written with this run's RESUME_KEYS settings."""
-    if value is None:
-        return None
-    path = Path(str(value)).expanduser()
-    hint = "give the checkpoints/last.ckpt of an earlier run, or leave ckpt_path unset"
-    if not path.is_file():
-        return f"ckpt_path={value}: no such file: {hint}"
-    import torch  # lazy: every other check answers before torch loads
-
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # maps, reads little
-        perturbation = checkpoint["state_dict"]["perturbation"]
-        side = int(perturbation.shape[-1])
-        saved = checkpoint.get("advwm_signature")
-    except Exception as error:  # noqa: BLE001  (whatever makes it unreadable: truncated, not torch, not advwm)
-        reason = " ".join([type(error).__name__ + ":", *str(error).strip().splitlines()[:1]])
-        return f"ckpt_path={value} is not a checkpoint of an advwm run ({reason[:160]}): {hint}"
-    if saved:
-        difference = signature_difference(saved, resume_signature(cfg))
-        return f"ckpt_path={value}: {difference}" if difference else None
-    image_size = cfg.get("image_size")  # a checkpoint without a signature (older runs): its size at least
-    if _is_number(image_size) and side != image_size:
-        return (f"ckpt_path={value} holds a {side}x{side} perturbation but image_size={image_size}: resume with "
-                f"image_size={side}")
-    return None
 
 
 # ---- image size per victim ---------------------------------------------------------------------------------

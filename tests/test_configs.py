@@ -177,6 +177,109 @@ def test_the_small_architectures_overrides_compose_to_the_table() -> None:
         assert {key: composed[key] for key in arch} == arch, name
 
 
+# ---- presets build what their headers claim (the documented optimizer and settings) ---------------------------
+
+# attack choice -> (optimizer class, start radius (None: the whole eps-ball), MI-FGSM decay, DI2 (prob, resize rate));
+# the values the papers give: MI-FGSM mu = 1 (Dong et al. 2018), DI2 p = 0.5 and 330/299 ~ 1.1 (Xie et al. 2019),
+# the 0.001 start of I-FGSM-based attacks (README, Random starts), PGD/APGD anywhere in the eps-ball.
+ATTACKS = {
+    "pgd": ("PGD", None, None, None),
+    "ifgsm": ("IFGSM", 0.001, None, None),
+    "mifgsm": ("MIFGSM", 0.001, 1.0, None),
+    "di2fgsm": ("IFGSM", 0.001, None, (0.5, 1.1)),
+    "mdi2fgsm": ("MIFGSM", 0.001, 1.0, (0.5, 1.1)),
+    "apgd": ("APGD", None, None, None),
+}
+
+
+def _built(attack: BaseAttack, eps: float = 0.05):
+    import torch
+
+    return attack.build([torch.zeros(1, 3, 2, 2, requires_grad=True)], eps=eps, schedule_length=attack.iterations)
+
+
+def test_every_attack_choice_is_documented_here() -> None:
+    assert set(ATTACKS) == {p.stem for p in (CONF / "attack").glob("*.yaml")}
+
+
+@pytest.mark.parametrize("choice", sorted(ATTACKS))
+def test_attack_configs_build_the_documented_optimizer_and_settings(choice: str) -> None:
+    name, radius, decay, diversity = ATTACKS[choice]
+    attack = instantiate(compose_with(f"attack={choice}").attack)
+    optimizer = _built(attack)
+    group = optimizer.param_groups[0]
+    assert type(optimizer).__name__ == name
+    assert group["start_radius"] in ((None, 0.05) if radius is None else (radius,))  # None: the eps-ball, eps 0.05
+    assert group.get("decay") == decay
+    got = None if attack.diversity is None else (attack.diversity.prob, attack.diversity.resize_rate)
+    assert got == diversity
+    assert attack.step_size == (0.1 if choice == "apgd" else 0.01) and attack.iterations == 10
+    if choice == "apgd":  # Croce & Hein: rho 0.75, momentum 0.75, step 2 eps
+        assert (optimizer.rho, optimizer.momentum) == (0.75, 0.75)
+
+
+# method -> (attack choice, aggregator class, scope, eps, iterations): each header names its paper row.
+METHODS = {
+    **{f"universal_{row}": (attack, "Uniform", ("universal", "mean"), 0.05, 10) for row, attack in
+       (("bim", "ifgsm"), ("mim", "mifgsm"), ("pgd", "pgd"), ("di2fgsm", "di2fgsm"), ("mdi2fgsm", "mdi2fgsm"),
+        ("apgd", "apgd"))},
+    "cmua": ("pgd", "CMUAFusion", ("universal", "sign_mean"), 0.05, 10),
+    "cdmaa_ifgsm_t80": ("ifgsm", "MGDA", ("per_image", None), 0.05, 80),
+    "cdmaa_ifgsm_t100": ("ifgsm", "MGDA", ("per_image", None), 0.05, 100),
+    "cdmaa_ifgsm_eps006": ("ifgsm", "MGDA", ("per_image", None), 0.06, 80),
+    "cdmaa_mifgsm": ("mifgsm", "MGDA", ("per_image", None), 0.05, 80),
+    "cdmaa_apgd": ("apgd", "MGDA", ("per_image", None), 0.05, 80),
+}
+
+
+def test_every_method_is_documented_here() -> None:
+    assert set(METHODS) == {p.stem for p in (CONF / "method").glob("*.yaml")}
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_method_configs_build_their_paper_row(method: str) -> None:
+    attack_choice, aggregator, (scope, reduction), eps, iterations = METHODS[method]
+    cfg = compose_with("+victims=[stargan]", f"+method={method}")
+    attack = instantiate(cfg.attack)
+    name, radius, decay, diversity = ATTACKS[attack_choice]
+    optimizer = _built(attack, eps)
+    assert attack.name == attack_choice and type(optimizer).__name__ == name
+    assert optimizer.param_groups[0].get("decay") == decay
+    assert (None if attack.diversity is None else (attack.diversity.prob, attack.diversity.resize_rate)) == diversity
+    assert type(instantiate(cfg.aggregator)).__name__ == aggregator
+    built_scope = instantiate(cfg.scope)
+    assert built_scope.name == scope and getattr(built_scope, "batch_reduction", None) == reduction
+    assert cfg.eps == eps and attack.iterations == iterations
+    if method.startswith("cdmaa"):  # CDMAA: all domains averaged, the penalty regulariser
+        assert type(instantiate(cfg.regularizer)).__name__ == "PenaltyRegularizer"
+        assert type(instantiate(cfg.domains)).__name__ == "UniformDomains"
+    if method == "cmua":
+        assert instantiate(cfg.aggregator).alpha == 0.5
+
+
+def _without(cfg, *keys: str) -> dict:
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    for key in keys:
+        plain.pop(key, None)
+    return plain
+
+
+@pytest.mark.parametrize("method", [m for m in sorted(METHODS) if m.startswith("universal_")])
+def test_table3_base_attack_rows_and_table4_fusion_off_compose_alike_but_for_the_attack(method: str) -> None:
+    """One definition of "universal <attack>, no fusion" (conf/fusion/none.yaml): CMUA Table 3's base-attack rows
+    and Table 4's fusion-off column compose the same scope, aggregator and everything else; only the attack (and
+    the table's name) differ. Table 4's fusion-on column is Table 3's CMUA row."""
+    row = compose_with("experiment=cmua_table3", f"+method={method}")
+    fusion_off = compose_with("experiment=cmua_table4", "+fusion=none")
+    assert _without(row, "attack", "task_name") == _without(fusion_off, "attack", "task_name")
+    if method == "universal_pgd":  # Table 4's first column repeats Table 3's PGD row
+        assert OmegaConf.to_container(row.attack) == OmegaConf.to_container(fusion_off.attack)
+    assert (row.scope.batch_reduction, row.aggregator._target_) == ("mean", "advwm.attacks.aggregators.Uniform")
+    cmua_row = compose_with("experiment=cmua_table3", "+method=cmua")
+    fusion_on = compose_with("experiment=cmua_table4", "+fusion=cmua")
+    assert _without(cmua_row, "task_name") == _without(fusion_on, "task_name")
+
+
 def test_the_smoke_preset_is_tiny_random_and_cheap() -> None:
     """experiment=smoke: the small architectures of small.py (one table), 32 px, two iterations, random weights,
     the cheap metrics (its time: README, Quick start; experiments/startup.py --smoke measures it)."""

@@ -16,13 +16,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from corpus import CHECKPOINT_CASES, PHOTO_CASES, WATERMARK_CASES, PhotoCase, make_photo_corpus, pattern, v1
 from PIL import Image
 
 from advwm.data import ImageFolderDataModule
 from advwm.data.decode import open_photo, orient
-from advwm.data.transforms import preprocess
 from advwm.protect.cli import Job, protect_one
+from advwm.protect.photos import PhotoFolder
+from advwm.protect.protectors import UniversalWatermark
 from advwm.run_files.watermark_file import WatermarkError, load_watermark
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +51,7 @@ def corpus(tmp_path_factory) -> dict[str, Path]:
 def folder_module(corpus) -> tuple[ImageFolderDataModule, list[str]]:
     """The whole corpus as one data=folder source, set up once; (module, warning lines)."""
     root = next(iter(corpus.values())).parent
-    module = ImageFolderDataModule(str(root), n_craft=1000, image_size=32, batch_size=4)
+    module = ImageFolderDataModule(str(root), n_craft=1000, image_size=32, batch_size=4, detect=False)
     collect = _Collect()
     logger = logging.getLogger("advwm")
     logger.addHandler(collect)
@@ -95,20 +97,24 @@ def test_data_folder_skips_the_case_with_a_warning_naming_it(case: PhotoCase, co
     assert path in module.skipped  # counted in metrics.json's data/skipped_images
     named = [line for line in lines if path in line]
     assert len(named) == 1 and case.reason in named[0], named
-    assert case.filename not in [item.name for item in module.craft_items]
+    assert f"{case.filename}#1" not in [item.name for item in module.craft_items]
 
 
 @pytest.mark.parametrize("case", LOADED, ids=lambda c: c.name)
 def test_data_folder_loads_the_case_as_a_person_sees_it(case: PhotoCase, corpus, folder_module) -> None:
     module, lines = folder_module
     names = [item.name for item in module.craft_items]
-    assert case.filename in names
-    sample = module.train_dataloader().dataset[names.index(case.filename)]
+    assert f"{case.filename}#1" in names  # detection off: the central square, one sample per photo
+    sample = module.train_dataloader().dataset[names.index(f"{case.filename}#1")]
     seen = (sample["image"].permute(1, 2, 0).numpy() + 1.0) / 2.0  # [32,32,3] in [0,1]
-    expected_8bit = np.clip(np.rint(case.expected * 255), 0, 255).astype(np.uint8)
-    reference = (preprocess(Image.fromarray(expected_8bit), 32).permute(1, 2, 0).numpy() + 1.0) / 2.0
-    if case.exact:
-        assert np.abs(seen - reference).max() <= 1e-5
+    top = 65535 if case.bit_depth == 16 else 255
+    stored = np.rint(case.expected * top) / top  # what the file holds, at its own depth
+    left = (stored.shape[1] - stored.shape[0]) // 2  # the central square of the 96x64 pattern
+    square = torch.from_numpy(stored[:, left:left + stored.shape[0]]).permute(2, 0, 1)[None].float()
+    reference = F.interpolate(square, size=(32, 32), mode="bilinear", antialias=True,
+                              align_corners=False)[0].permute(1, 2, 0).numpy()  # the documented interpolation
+    if case.exact:  # with alpha, colour and alpha are each rounded in the file before compositing on white
+        assert np.abs(seen - reference).max() <= (1.0 / 255 if case.alpha else 1e-5)
     else:
         assert np.abs(quadrant_means(seen) - quadrant_means(reference)).max() <= LOSSY_TOLERANCE
     named = [line for line in lines if str(corpus[case.name]) in line]
@@ -127,18 +133,26 @@ def test_decoder_gives_upright_full_depth_pixels(case: PhotoCase, corpus) -> Non
         assert np.abs(quadrant_means(photo.on_white()) - quadrant_means(case.expected)).max() <= LOSSY_TOLERANCE
 
 
+def _folder(out: Path) -> PhotoFolder:
+    return PhotoFolder(out, eps=0.05, settings="test", victims={})
+
+
 @pytest.mark.parametrize("case", [c for c in REFUSED if not c.listing_only], ids=lambda c: c.name)
 def test_protect_refuses_the_case_in_one_line(case: PhotoCase, corpus, tmp_path: Path) -> None:
-    line = protect_one(Job(corpus[case.name], tmp_path / "out.png"), torch.zeros(3, 8, 8), False, None, 1.0)
-    assert line is not None and "\n" not in line
-    assert line.startswith(f"refused {corpus[case.name]}: ") and case.reason in line
-    assert not (tmp_path / "out.png").exists()
+    job = Job(corpus[case.name], tmp_path / "out" / f"{case.filename}.png", case.filename)
+    outcome = protect_one(job, _folder(tmp_path / "out"), UniversalWatermark(torch.zeros(3, 8, 8), 0.05), False, None)
+    assert outcome.kind == "refused" and "\n" not in outcome.line
+    assert outcome.line.startswith(f"refused {corpus[case.name]}: ") and case.reason in outcome.line
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("case", LOADED, ids=lambda c: c.name)
 def test_protect_writes_the_case_upright_with_its_alpha_and_depth(case: PhotoCase, corpus, tmp_path: Path) -> None:
-    target = tmp_path / "deep" / f"{case.filename}.png"
-    assert protect_one(Job(corpus[case.name], target), torch.zeros(3, 8, 8), False, None, 1.0) is None
+    out = tmp_path / "deep"
+    target = out / f"{case.filename}.png"
+    job = Job(corpus[case.name], target, case.filename)
+    outcome = protect_one(job, _folder(out), UniversalWatermark(torch.zeros(3, 8, 8), 0.05), False, None)
+    assert outcome.kind == "protected", outcome.line
     written = open_photo(target)
     source = open_photo(corpus[case.name])
     assert written.size == source.size and written.bit_depth == case.bit_depth
@@ -147,7 +161,8 @@ def test_protect_writes_the_case_upright_with_its_alpha_and_depth(case: PhotoCas
     assert np.abs(written.colour - source.colour).max() <= 0.5 / top + 1e-6  # zero watermark: the photo itself
     if case.alpha:
         assert np.array_equal(np.rint(written.alpha * 255), np.rint(source.alpha * 255))
-    assert [p.name for p in target.parent.iterdir()] == [target.name]  # no temporary file left behind
+    leftovers = [p.name for p in out.rglob("*") if p.name.endswith(".advwm-tmp")]
+    assert leftovers == []  # no temporary file left behind
 
 
 def test_protect_cli_over_the_whole_corpus_names_every_refusal(corpus, tmp_path: Path) -> None:

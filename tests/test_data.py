@@ -51,13 +51,13 @@ def test_folder_skips_a_corrupt_image_with_a_warning_and_counts_it(tmp_path: Pat
     _write_face(tmp_path / "c.png", (0, 0, 255))
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     module = ImageFolderDataModule(str(tmp_path), n_craft=2, image_size=16, batch_size=2, repeats=2,
-                                   labels=["Male"])
+                                   labels=["Male"], detect=False)
     with caplog.at_level(logging.WARNING):
         module.setup()
     assert module.skipped == [str(tmp_path / "broken.jpg")]
     assert "broken.jpg" in caplog.text
-    assert [i.name for i in module.craft_items] == ["a.png", "b.png"]
-    assert [i.name for i in module.eval_items] == ["c.png"]
+    assert [i.name for i in module.craft_items] == ["a.png#1", "b.png#1"]
+    assert [i.name for i in module.eval_items] == ["c.png#1"]
     batches = list(module.train_dataloader())
     assert len(batches) == 2 and batches[0]["image"].shape == (2, 3, 16, 16)
     assert torch.equal(batches[0]["image"], batches[1]["image"])
@@ -66,7 +66,7 @@ def test_folder_skips_a_corrupt_image_with_a_warning_and_counts_it(tmp_path: Pat
 
 def test_folder_without_readable_images_stops_with_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "x.png").write_bytes(b"garbage")
-    with pytest.raises(NoImagesError, match="no readable image"):
+    with pytest.raises(NoImagesError, match="no face found in any of its 0 readable photo"):
         ImageFolderDataModule(str(tmp_path), image_size=16).setup()
     with pytest.raises(NoImagesError, match="no image file"):
         ImageFolderDataModule(str(_empty(tmp_path)), image_size=16).setup()

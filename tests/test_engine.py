@@ -61,13 +61,35 @@ def test_cmua_paper_fusion_with_split_votes_matches_the_hand_computed_update(fus
     start_from(module, w0)
     fit(module, TensorFaces(x, batch_size=4, repeats=1))
     w, split = w0, False
-    for scale in (1.0, 2.5):
+    for j, scale in enumerate((1.0, 2.5)):
         votes = mix_vote(x + w, x).mean(dim=0, keepdim=True)  # image-level fusion
         split |= bool((votes.abs() < 1).float().mean() > 0.2)
         direction = votes if fused_step == "mean" else votes.sign()
-        w = alpha * w + (1 - alpha) * (w + step * scale * direction).clamp(-eps, eps)
+        proposal = (w + step * scale * direction).clamp(-eps, eps)
+        w = proposal if j == 0 else alpha * w + (1 - alpha) * proposal  # the first proposal becomes W (eq. 4)
     assert split, "the test needs non-unanimous votes"
     assert torch.allclose(module.perturbation.detach(), w, atol=1e-7)
+
+
+def test_cmua_first_proposal_replaces_the_start_and_later_ones_blend() -> None:
+    """CMUA eq. 4: "the initial W_CMUA is just the P_avg calculated from the first deepfake model". Hand values on
+    a linear victim (its per-image gradient sign is sign(delta) everywhere, so every vote is unanimous): start
+    W0 = 0.02 everywhere, a = 0.01, alpha = 0.5, step scales 1 and 3, eps 0.05.
+    Iteration 1: victim a proposes P = 0.02 + 0.01 = 0.03, which *replaces* W0 (blending would give 0.025);
+    victim b proposes 0.03 + 0.03 = 0.06 -> clipped 0.05, blended: W = 0.5 * 0.03 + 0.5 * 0.05 = 0.04.
+    Iteration 2: a: 0.04 + 0.01 = 0.05 -> W = 0.5 * 0.04 + 0.5 * 0.05 = 0.045; b: 0.045 + 0.03 -> 0.05 ->
+    W = 0.5 * 0.045 + 0.5 * 0.05 = 0.0475."""
+    def after(iterations: int) -> torch.Tensor:
+        module = WatermarkAttack([LinearVictim("a", 1.0), LinearVictim("b", 2.0)], aggregator=CMUAFusion(alpha=0.5),
+                                 domains=UniformDomains(), regularizer=NoRegularizer(),
+                                 attack=base_attack("pgd", 0.01, iterations=iterations), eps=0.05, image_size=2,
+                                 batch_size=2, step_scales={"a": 1.0, "b": 3.0}, scope=Universal())
+        start_from(module, torch.full((1, 3, 2, 2), 0.02))
+        fit(module, TensorFaces(torch.zeros(2, 3, 2, 2), batch_size=2, repeats=iterations))
+        return module.watermark()
+
+    torch.testing.assert_close(after(1), torch.full((3, 2, 2), 0.04), rtol=0, atol=1e-7)
+    torch.testing.assert_close(after(2), torch.full((3, 2, 2), 0.0475), rtol=0, atol=1e-7)
 
 
 def test_fused_mean_and_sign_differ_and_without_image_level_fusion_the_mean_gradient_is_signed() -> None:

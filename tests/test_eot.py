@@ -151,6 +151,46 @@ def test_draws_depend_on_seed_step_and_victim_only() -> None:
     assert SharingEOT(samples=1).draws(2, 3, eot.generator(0, 5, 1))[0] == grid[0]  # sample-major
 
 
+def test_every_pair_of_a_step_gets_a_draw_of_its_own() -> None:
+    """As DI2 draws one resize-and-pad per (condition, image) pair, EOT draws one transform per pair and sample:
+    with continuous parameters (resize factors, blur sigmas) no two of a step's 3 samples x 4 conditions x 5 images
+    coincide, so a draw shared between images, conditions or samples shows up as a repeated value."""
+    eot = SharingEOT(samples=3, mix={"resize": 1.0, "blur": 1.0})
+    grid = eot.draws(4, 5, eot.generator(0, 7, 2))
+    flat = [(d.kind, d.value) for sample in grid for row in sample for d in row]
+    assert len(flat) == 3 * 4 * 5 and len(set(flat)) == len(flat)
+    assert {kind for kind, _ in flat} == {"resize", "blur"}
+
+
+def test_each_pair_is_shared_with_its_own_draw_on_the_way_to_the_victim() -> None:
+    """What the victim receives for pair (condition k, image b) is draw[k][b] of the protected image b, whichever
+    chunk the pair travels in (a recording victim sees every row of the EOT gradient's forwards)."""
+
+    class Recorder(LinearVictim):
+        def __init__(self) -> None:
+            super().__init__("rec", 1.0, levels=(0.0, 1.0))
+            self.rows: list[torch.Tensor] = []
+
+        def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+            if torch.is_grad_enabled():
+                self.rows.append(x.detach().clone())
+            return super().forward(x, condition)
+
+    victim = Recorder()
+    x = torch.cat([smooth_image(12, seed=s) for s in range(3)])
+    protected = (x + 0.03).clamp(-1, 1)
+    conditions = victim.conditions(torch.zeros(3, 40))
+    eot = SharingEOT(samples=1, mix={"resize": 1.0, "blur": 1.0})
+    for micro_batch in (1, None):
+        victim.rows.clear()
+        eot.gradient(UniformDomains(), victim, x, protected, conditions, 0, micro_batch, None, eot.generator(1, 0, 0))
+        (sample,) = eot.draws(2, 3, eot.generator(1, 0, 0))
+        seen = torch.cat(victim.rows)  # stacked condition-major: row k * 3 + b
+        for k in range(2):
+            for b in range(3):
+                torch.testing.assert_close(seen[k * 3 + b], sample[k][b](protected[b:b + 1])[0], rtol=0, atol=1e-6)
+
+
 def six_shared_pairs() -> tuple[SharingPairs, torch.Tensor, list[tuple[int, int]]]:
     """One sample's transforms of every kind for 2 conditions x 3 images, six smooth images, their pairs."""
     eot = SharingEOT(samples=1, mix={"jpeg": 1, "resize": 1, "blur": 1})

@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from corpus import smooth_watermark, v1
 from PIL import Image
 
-from advwm.protect.cli import main, watermark_map
+from advwm.protect.cli import main
 from advwm.protect.faces import CELEBA_EYES, detect_faces, fit_square, square_from_eyes
+from advwm.protect.paste import perturbation_map
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -88,8 +89,8 @@ def test_no_face_in_a_coffee_cup_or_noise(picture: str) -> None:
 
 def test_overlapping_squares_give_each_pixel_the_nearest_faces_watermark() -> None:
     wm = smooth_watermark(8)
-    delta, covered = watermark_map(wm, [(0, 0, 40), (20, 0, 40)], 80, 50)
-    first = F.interpolate(wm[None], size=(40, 40), mode="bilinear", align_corners=False, antialias=True)[0]
+    delta, covered = perturbation_map(wm.expand(2, -1, -1, -1), [(0, 0, 40), (20, 0, 40)], 80, 50)
+    first = F.interpolate(wm[None], size=(40, 40), mode="nearest-exact")[0]  # advwm.protect.paste's upsizing
     second = first
     assert torch.equal(delta[:, :40, :30], first[:, :, :30])  # nearer the first square's centre (x=20)
     assert torch.equal(delta[:, :40, 31:60], second[:, :, 11:40])  # nearer the second's (x=40)
@@ -110,7 +111,7 @@ def test_protect_changes_only_the_face_squares_by_the_resized_watermark(tmp_path
     for left, top, side in squares:
         inside[top:top + side, left:left + side] = True
     assert np.array_equal(protected[~inside], picture[~inside])  # nothing outside the face squares moved
-    delta, _ = watermark_map(watermark, squares, picture.shape[1], picture.shape[0])
+    delta, _ = perturbation_map(watermark.expand(2, -1, -1, -1), squares, picture.shape[1], picture.shape[0])
     expected = delta.permute(1, 2, 0).numpy() * 127.5  # [-1,1] units -> 8-bit levels
     change = protected - picture
     free = inside[..., None] & (picture > 8) & (picture < 247)  # away from clamping at 0 and 255
@@ -118,7 +119,7 @@ def test_protect_changes_only_the_face_squares_by_the_resized_watermark(tmp_path
     assert np.abs(change[inside]).max() > 5  # the watermark is there
 
 
-def test_a_photo_without_a_face_is_left_out_with_a_warning(tmp_path: Path, capsys) -> None:
+def test_a_photo_without_a_face_comes_back_unchanged_with_a_warning(tmp_path: Path, capsys) -> None:
     from skimage import data
 
     Image.fromarray(data.coffee()).save(tmp_path / "coffee.png")
@@ -127,10 +128,14 @@ def test_a_photo_without_a_face_is_left_out_with_a_warning(tmp_path: Path, capsy
     code = main([str(tmp_path / "w.pt"), str(tmp_path / "coffee.png"), str(tmp_path / "face.png"),
                  "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
-    assert code == 0 and "no face" in err and "coffee.png" in err
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["face.png.png"]
+    assert code == 0 and "no face" in err and "coffee.png" in err and "unchanged" in err
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["coffee.png.png", "face.png.png"]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "coffee.png.png")), data.coffee())
+    rows = (tmp_path / "out" / "protection.csv").read_text().splitlines()
+    assert rows[1].startswith("coffee.png,coffee.png.png,no face: unchanged,0,")
+    assert rows[2].startswith("face.png,face.png.png,protected,1,faces,")
     code = main([str(tmp_path / "w.pt"), str(tmp_path / "coffee.png"), "--out", str(tmp_path / "out2")])
-    assert code == 1 and not (tmp_path / "out2" / "coffee.png.png").exists()  # nothing written at all: an error
+    assert code == 1  # no photo protected at all: an error, though the photo came back unchanged
     assert main([str(tmp_path / "w.pt"), str(tmp_path / "coffee.png"), "--out", str(tmp_path / "out3"),
                  "--no-detect"]) == 0
-    assert (tmp_path / "out3" / "coffee.png.png").is_file()
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / "out3" / "coffee.png.png")), data.coffee())

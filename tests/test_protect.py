@@ -14,7 +14,8 @@ from corpus import RunsCode, smooth_watermark, v1
 from PIL import Image
 
 from advwm.data.transforms import preprocess
-from advwm.protect.cli import Job, face_square, main, refuse_collisions
+from advwm.protect.cli import Job, main, refuse_collisions
+from advwm.protect.paste import central_square
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,9 +31,9 @@ def flat(path: Path, colour: tuple[int, int, int] = (100, 120, 140), size: tuple
     return path
 
 
-def test_face_square_follows_the_data_modules_centre_crop() -> None:
-    assert face_square(90, 60, None) == (15, 0, 60)
-    assert face_square(178, 218, 170) == (4, 24, 170)
+def test_central_square_follows_the_data_modules_centre_crop() -> None:
+    assert central_square(90, 60, None) == (15, 0, 60)
+    assert central_square(178, 218, 170) == (4, 24, 170)
 
 
 def test_protect_adds_the_watermark_on_the_face_square_only(tmp_path: Path) -> None:
@@ -70,13 +71,14 @@ def test_outputs_keep_the_folder_structure_and_the_original_suffix(tmp_path: Pat
     torch.save(v1(smooth_watermark(8)), tmp_path / "w.pt")
     out = tmp_path / "out"
     assert main([str(tmp_path / "w.pt"), str(photos), "--out", str(out), "--no-detect"]) == 0
-    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*.png") if p.is_file() and "sheet" not in p.parts)
     assert written == ["a/photo.jpg.png", "b/photo.jpg.png", "face.jpg.png", "face.png.png", "visage_é_顔.jpg.png"]
     # the same photos named as files (and one twice): the common folder of the inputs is the base
     out2 = tmp_path / "out2"
     assert main([str(tmp_path / "w.pt"), str(photos / "a/photo.jpg"), str(photos / "b/photo.jpg"),
                  str(photos / "b/photo.jpg"), "--out", str(out2), "--no-detect"]) == 0
-    assert sorted(str(p.relative_to(out2)) for p in out2.rglob("*.png")) == ["a/photo.jpg.png", "b/photo.jpg.png"]
+    assert sorted(str(p.relative_to(out2)) for p in out2.rglob("*.png") if "sheet" not in p.relative_to(out2).parts) \
+        == ["a/photo.jpg.png", "b/photo.jpg.png"]
 
 
 def test_an_output_folder_inside_the_input_is_not_protected_again(tmp_path: Path) -> None:
@@ -85,7 +87,7 @@ def test_an_output_folder_inside_the_input_is_not_protected_again(tmp_path: Path
     for _ in range(2):
         assert main([str(tmp_path / "w.pt"), str(tmp_path / "photos"), "--out", str(tmp_path / "photos" / "out"),
                      "--no-detect"]) == 0
-    assert sorted(p.name for p in (tmp_path / "photos" / "out").iterdir()) == ["p.png.png"]
+    assert sorted(p.name for p in (tmp_path / "photos" / "out").glob("*.png")) == ["p.png.png"]
 
 
 def test_colliding_outputs_are_refused_not_overwritten(tmp_path: Path) -> None:
@@ -182,7 +184,68 @@ def test_cli_refuses_a_watermark_whose_pickle_runs_code_in_one_line(tmp_path: Pa
     assert "Traceback" not in result.stderr and not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("strength", ["-1", "nan"])
-def test_a_bad_strength_is_refused(strength: str, tmp_path: Path) -> None:
-    with pytest.raises(SystemExit):
-        main([str(tmp_path / "w.pt"), str(tmp_path), "--out", str(tmp_path / "o"), "--strength", strength])
+@pytest.mark.parametrize(("option", "value", "says"), [
+    ("--strength", "-1", "[0, 1]"), ("--strength", "nan", "[0, 1]"), ("--strength", "100", "exceed"),
+    ("--strength", "1.01", "exceed"), ("--center-crop", "0", "positive"), ("--center-crop", "-5", "positive"),
+    ("--center-crop", "abc", "whole number"), ("--eps", "0", "(0, 1]")])
+def test_a_bad_option_is_one_line_without_a_traceback(option: str, value: str, says: str, tmp_path: Path,
+                                                      capsys) -> None:
+    flat(tmp_path / "p.png")
+    torch.save(v1(smooth_watermark(8)), tmp_path / "w.pt")
+    with pytest.raises(SystemExit) as stopped:
+        main([str(tmp_path / "w.pt"), str(tmp_path / "p.png"), "--out", str(tmp_path / "o"), f"{option}={value}"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert stopped.value.code == 2 and len(lines) == 1
+    assert lines[0].startswith("error: argument") and option in lines[0] and says in lines[0], lines
+    assert not (tmp_path / "o").exists()
+
+
+def test_full_strength_never_moves_a_pixel_past_eps(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    photo = (rng.random((50, 50, 3)) * 255).astype(np.uint8)
+    Image.fromarray(photo).save(tmp_path / "p.png")
+    board = torch.sign(torch.randn(3, 8, 8, generator=torch.Generator().manual_seed(0))) * 0.053
+    torch.save(v1(board, eps=0.053), tmp_path / "w.pt")
+    assert main([str(tmp_path / "w.pt"), str(tmp_path / "p.png"), "--out", str(tmp_path / "o"), "--no-detect",
+                 "--strength", "1"]) == 0
+    change = np.asarray(Image.open(tmp_path / "o" / "p.png.png")).astype(float) - photo
+    assert np.abs(change).max() / 127.5 <= 0.053 and np.abs(change).max() == 6  # 6.76 levels: never rounded to 7
+
+
+def test_a_file_without_metadata_is_checked_against_the_stated_default_eps(tmp_path: Path, capsys) -> None:
+    flat(tmp_path / "p.png")
+    torch.save(smooth_watermark(8) * 20, tmp_path / "big.pt")  # a bare tensor 20x over eps 0.05
+    assert main([str(tmp_path / "big.pt"), str(tmp_path / "p.png"), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no metadata" in err[0] and "above eps 0.05" in err[0] and "default" in err[0]
+    assert not (tmp_path / "o").exists()
+    # told its eps, it is accepted and the change stays within it
+    assert main([str(tmp_path / "big.pt"), str(tmp_path / "p.png"), "--out", str(tmp_path / "o"), "--eps", "1",
+                 "--no-detect"]) == 0
+    torch.save(smooth_watermark(8), tmp_path / "ok.pt")  # within the default: applied, with the warning
+    assert main([str(tmp_path / "ok.pt"), str(tmp_path / "p.png"), "--out", str(tmp_path / "o2"), "--no-detect"]) == 0
+    assert "no metadata" in capsys.readouterr().err
+    # a file with metadata keeps its own eps: --eps cannot loosen it
+    torch.save(v1(smooth_watermark(8)), tmp_path / "v1.pt")
+    assert main([str(tmp_path / "v1.pt"), str(tmp_path / "p.png"), "--out", str(tmp_path / "o3"), "--eps", "0.5"]) == 1
+    assert "only for watermark files without metadata" in capsys.readouterr().err
+
+
+def test_measure_scores_against_the_watermarks_victims_when_asked(tmp_path: Path, capsys) -> None:
+    from omegaconf import OmegaConf
+
+    from advwm.victims.small import SMALL_ARCHITECTURES
+
+    config = OmegaConf.to_yaml({"image_size": 8, "victims": {"stargan": {
+        "weights": "random", "checkpoint": None, "arch": SMALL_ARCHITECTURES["stargan"]}}})
+    torch.save(v1(smooth_watermark(8), victims={"stargan": "random"}, config=config), tmp_path / "w.pt")
+    flat(tmp_path / "p.png")
+    assert main([str(tmp_path / "w.pt"), str(tmp_path / "p.png"), "--out", str(tmp_path / "o"), "--no-detect"]) == 0
+    assert "not measured (the watermark was crafted against random victims" in capsys.readouterr().out
+    assert "avg_l/stargan" not in (tmp_path / "o" / "protection.csv").read_text()
+    assert main([str(tmp_path / "w.pt"), str(tmp_path / "p.png"), "--out", str(tmp_path / "m"), "--no-detect",
+                 "--measure"]) == 0
+    header, row = (tmp_path / "m" / "protection.csv").read_text().splitlines()
+    values = dict(zip(header.split(","), row.split(","), strict=True))
+    assert values["victims"] == "stargan=random" and float(values["avg_l/stargan"]) >= 0
+    assert 0.0 <= float(values["sr_mask/stargan"]) <= 1.0

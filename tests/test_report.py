@@ -37,6 +37,11 @@ def md_table(text: str, heading: str) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
+def unmarked(cell: str) -> str:
+    """A table cell without the report's best/tied mark (`**x** (best)`, `x (tied)`)."""
+    return re.sub(r"^\*\*(.*)\*\* \(best\)$", r"\1", cell).removesuffix(" (tied)")
+
+
 def fake_run(folder: Path, config: dict, metrics: dict | str | None, choices: dict | None = None,
              overrides: list[str] | None = None) -> Path:
     """A run folder as advwm writes it: config.yaml, .hydra/{config,hydra,overrides}.yaml, metrics.json."""
@@ -96,7 +101,7 @@ def test_the_cli_renders_a_table_with_each_runs_numbers(multirun: Path, tmp_path
         assert label.endswith(" †")  # random-weight runs are marked, and the footnote says why
         values = expected[label.removesuffix(" †")]
         for cell, key in zip(row[1:], ("sr_mask/stargan", "sr_mask/attgan", "sr_mask/mean"), strict=True):
-            assert cell == f"{values[key]:.3f}"
+            assert unmarked(cell) == f"{values[key]:.3f}"
     assert "† randomly initialised victims (stargan, attgan)" in text
     # per-condition tables, one per victim, with the metrics.json values
     header, body = md_table(text, "### sr_mask: attgan per condition")
@@ -283,7 +288,7 @@ def test_the_study_is_found_from_the_runs_config(tmp_path: Path, study: tuple[st
     assert main([str(root), "--out", str(tmp_path / "out")]) == 0
     text = (tmp_path / "out" / "report.md").read_text()
     assert "## Sweep history: cmua_stargan" in text and "Best value: 0.625" in text
-    assert "## Sweeper summaries (optimization_results.yaml)" in text
+    assert "## Sweeper summary" in text and "best value 0.625" in text
     _, body = md_table(text, "## sr_mask")
     assert [row[0] for row in body] == ["victims.stargan.step_scale=1.5", "victims.stargan.step_scale=7.25"]
     assert (tmp_path / "out" / "report_files" / "sweep_cmua_stargan.png").is_file()
@@ -350,20 +355,22 @@ def test_every_metric_by_default_and_mean_std_over_seeds(tmp_path: Path) -> None
     values = _seeded_runs(tmp_path / "runs")
     assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
     text = (tmp_path / "out" / "report.md").read_text()
-    for heading in ("## sr_mask", "## l2_mask", "## psnr", "## Mean ± std over seeds", "## Loss curves",
-                    "## Watermarks and grids"):
+    for heading in ("## sr_mask", "## l2_mask", "## psnr", "## Curves over iterations", "## Watermarks and grids"):
         assert heading in text, heading
-    _, body = md_table(text, "## Mean ± std over seeds")
+    _, body = md_table(text, "## sr_mask")  # the methods as rows, the seeds pooled
     by_label = {row[0]: row for row in body}
+    assert list(by_label) == ["aggregator=mgda", "aggregator=uniform"]
     for aggregator in ("mgda", "uniform"):
         samples = [values[(aggregator, seed)] for seed in range(3)]
         mean = sum(samples) / 3
         std = math.sqrt(sum((v - mean) ** 2 for v in samples) / 2)  # sample std, by hand
-        assert by_label[f"aggregator={aggregator}"][1] == f"{mean:.3f} ± {std:.3f} (n=3)"
-    assert by_label["aggregator=mgda"][1] == "0.700 ± 0.200 (n=3)"  # 0.5, 0.7, 0.9
+        assert f"{mean:.3f} ± {std:.3f} (n=3)" in by_label[f"aggregator={aggregator}"][1]
+    # 0.5, 0.7, 0.9 against 0.2, 0.2, 0.5: [0.5, 0.9] and [0.127, 0.473] do not overlap, mgda is best
+    assert by_label["aggregator=mgda"][1] == "**0.700 ± 0.200 (n=3)** (best)"
+    assert by_label["aggregator=uniform"][1] == "0.300 ± 0.173 (n=3)"
     mean, std, n = report.mean_std([1.0, float("nan")])  # NaN values do not count; one value has no std
     assert (mean, n) == (1.0, 1) and math.isnan(std)
-    assert (tmp_path / "out" / "report_files" / "loss_stargan.png").stat().st_size > 1000
+    assert (tmp_path / "out" / "report_files" / "curves_loss.png").stat().st_size > 1000
     assert "![stargan: SR_mask 0.500](../runs/0/images/stargan.png)" in text
 
 
@@ -433,3 +440,19 @@ def test_the_dashboard_fits_1400_px_in_chromium(multirun: Path, tmp_path: Path) 
     wide.write_text(text.replace("<div class='scroll'>", "<div>", 1)
                     .replace("<table>", "<table style='width:2000px'>", 1))
     assert page_width(wide, tmp_path)[0] > VIEWPORT[0]
+
+
+def test_the_multirun_summary_writes_numbers_as_the_report_does(tmp_path: Path) -> None:
+    """The table printed at a multirun's end: a value below 0.001 in scientific notation (not 0.000), a run's
+    hostile label without control characters, a failed run with its reason."""
+    from advwm.callbacks.multirun import summary_table
+
+    sweep = tmp_path / "multirun"
+    for number, (aggregator, value) in enumerate((("mgda", 0.0004), ("uniform\x1b[2J", 0.25))):
+        fake_run(sweep / str(number), config_of(aggregator, sweep / str(number)),
+                 {"sr_mask/stargan": value, "sr_mask/mean": value, "seconds": 3.0},
+                 overrides=[f"aggregator={aggregator}"])
+    fake_run(sweep / "2", config_of("single", sweep / "2"), "{not json", overrides=["aggregator=single"])
+    table = summary_table(sweep)
+    assert "4.00e-04" in table and "0.000 " not in table and "0.250" in table
+    assert "\x1b" not in table and "FAILED" in table

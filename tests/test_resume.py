@@ -4,12 +4,14 @@ Each case runs straight through, then again stopped after k iterations (`trainer
 checkpoint every iteration, as a kill would leave it), then resumed from that run's last.ckpt: the resumed
 watermark.pt must equal the straight one bit for bit and metrics.json must hold the same values, for a stop
 inside a batch and one at a batch boundary, for both scopes and for base attacks with state (momentum,
-APGD's schedule and best point, DI2's draws). A checkpoint of another config is refused with one line.
+APGD's schedule and best point, DI2's draws). A checkpoint of another config is refused with one line naming the
+settings that differ (tests/test_resume_checks.py: every key of the config, and what a checkpoint holds).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -68,12 +70,18 @@ def test_the_released_loop_resumes_at_a_batch_boundary(tmp_path: Path) -> None:
     assert torch.equal(resumed, straight) and resumed_metrics == straight_metrics
 
 
-@pytest.mark.parametrize(("override", "key"), [("image_size=64", "image_size"), ("eps=0.04", "eps"),
-                                                ("scope=per_image", "scope"), ("data.batch_size=1", "data.batch_size"),
-                                                ("+victims=[attgan]", "victims")])
+@pytest.mark.parametrize(("override", "key"), [("image_size=64", "image_size (32 there, 64 here)"),
+                                                ("eps=0.04", "eps (0.05 there, 0.04 here)"),
+                                                ("scope=per_image", "scope (Universal there, PerImage here)"),
+                                                ("data.batch_size=1", "data.batch_size (2 there, 1 here)"),
+                                                ("+victims=[attgan]", "victims.attgan (unset there, set here)"),
+                                                ("attack.step_size=0.05", "attack.step_size (0.01 there, 0.05 here)"),
+                                                ("eot=sharing", "eot (None there, SharingEOT here)")])
 def test_a_checkpoint_of_another_config_is_refused_naming_the_key(tmp_path: Path, override: str, key: str) -> None:
     craft(compose_run(tmp_path / "first", [*COMMON, "trainer.max_steps=1"]))
     checkpoint = tmp_path / "first" / "checkpoints" / "last.ckpt"
     extra = small("attgan") if "attgan" in override else []
-    with pytest.raises(ConfigError, match=rf"written with {key}=.*resume with the same {key}"):
+    with pytest.raises(ConfigError, match=rf"^ckpt_path={checkpoint}: the checkpoint was written with other settings "
+                                          rf"than this run's: {re.escape(key)}"):
         craft(compose_run(tmp_path / "second", [*COMMON, override, *extra, f"ckpt_path={checkpoint}"]))
+    assert not (tmp_path / "second").exists()  # refused before any work: nothing written

@@ -191,7 +191,8 @@ def test_folder_run_skips_and_counts_a_corrupt_image(tmp_path: Path) -> None:
     (faces / "face9.jpg").write_bytes(b"\xff\xd8\xff truncated")
     out = tmp_path / "run"
     cfg = compose_run(out, ["+victims=[stargan]", "weights=random", "data=folder", f"data.root={faces}",
-                            "data.n_craft=2", "data.labels=[Male]", "attack.iterations=1", *small("stargan")])
+                            "data.detect=false", "data.n_craft=2", "data.labels=[Male]", "attack.iterations=1",
+                            *small("stargan")])
     metrics = craft(cfg)
     assert metrics["data/skipped_images"] == 1
     assert metrics["data/craft_images"] == 2 and metrics["data/held_out_images"] == 1

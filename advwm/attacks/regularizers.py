@@ -2,7 +2,9 @@
 
 Why: victims differ in loss scale by orders of magnitude, so without rescaling the largest one dominates
 the aggregated direction. ``none``: S = 1; ``l2``: S = ||g_j||_2 (unit-norm gradients); ``log``: S = L_j
-(the gradient of log L_j); ``penalty``: S = 1 / max(L_j, zeta) (emphasise victims already distorted).
+(the gradient of log L_j); ``penalty``: S = 1 / max(L_j, zeta), i.e. the gradient times the loss, which under
+MGDA's min-norm combination *reduces* the effect on a victim with a large loss in exchange for a major attack on the
+victim with a small loss (CDMAA §3.4, eq. 28: the losses rise in the ratio dL_1/dL_2 = L_2/L_1).
 All scales are constants (detached) and computed per row of the [P, ...] gradient.
 """
 

@@ -1,12 +1,21 @@
-"""Writes what a run produces besides its metrics: the watermark (tensor + picture) and image grids.
+"""Writes what a run produces besides its metrics: the watermark (tensor + picture), image grids, protected photos.
+
+Per-image scope: over a folder of photos (`data=folder`), each photo is written back at its own size into
+`protected/` once every face of it is crafted, each face's perturbation pasted where the face is
+(`advwm.protect.photos.PhotoFolder`, the path `python -m advwm.protect` uses too), with `protected/protection.csv`
+and `protected/index.html`; photos without a face are written back unchanged and named there. Other data
+sources (the demo faces, CelebA) have no photo to paste into: their protected crops are written as
+`protected/<name>.png`.
 
 `watermark.pt` is the dict of `advwm.run_files.watermark_file.payload`: the tensor(s) plus what the run knew
 (eps, image size, victims and whether their weights were official or random, the config), so that
 `python -m advwm.protect` can check the file and warn about a watermark crafted against random victims.
 
-On an exception (a NaN, a bad image, Ctrl-C) the perturbation crafted so far is still saved, as
-`watermark.partial.pt`, so no finished work is lost; a run that never took a step has nothing to save and
-writes none. Every file is written atomically (`advwm.run_files.io`): a kill or a full disk never leaves half a file.
+`watermark.pt` and `checkpoints/last.ckpt` are written the moment crafting ends, before the evaluation judges
+anything. On an exception before that (a NaN, a bad image, a signal) the perturbation crafted so far is still
+saved, as `watermark.partial.pt`, so no finished work is lost; a run that never took a step has nothing to save
+and writes none. Every file is written atomically (`advwm.run_files.io`): a kill or a full disk never leaves half
+a file.
 """
 
 from __future__ import annotations
@@ -21,9 +30,12 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from PIL import Image, ImageDraw
 from torchvision.utils import make_grid
 
+from advwm.callbacks.evaluation import MetricSettings
 from advwm.data.transforms import to_unit_range
 from advwm.metrics.sr_mask import masked_l2
-from advwm.run_files import io
+from advwm.protect.photos import output_name
+from advwm.protect.run_photos import RunPhotos
+from advwm.run_files import io, signals
 from advwm.run_files.watermark_file import payload as watermark_payload
 
 log = logging.getLogger(__name__)
@@ -75,11 +87,32 @@ class WatermarkExport(Callback):
     goes into watermark.pt; what it leaves out is taken from the module (victims then marked "unknown").
     """
 
-    def __init__(self, output_dir: str | Path, metadata: dict | None = None) -> None:
+    def __init__(self, output_dir: str | Path, metadata: dict | None = None, metrics: MetricSettings | None = None,
+                 measure: bool = True, protected_dir: str | Path | None = None) -> None:
         self.output_dir = Path(output_dir)
+        self._protected_dir = None if protected_dir is None else Path(protected_dir)
         self.metadata = dict(metadata or {})
+        self.metrics = metrics or MetricSettings()  # the success thresholds protection.csv is scored with
+        self.measure = bool(measure)
         self.per_image: list[torch.Tensor] = []
         self.names: list[str] = []
+        self.photos: RunPhotos | None = None
+        self.photos_written: list[str] = []
+        self.final_saved = False  # watermark.pt written for the finished crafting
+
+    @property
+    def protected_dir(self) -> Path:
+        """`<run>/protected` unless set (`python -m advwm.protect --craft` writes the photos into its --out)."""
+        return self._protected_dir or self.output_dir / "protected"
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        datamodule = getattr(trainer, "datamodule", None)
+        if pl_module.scope.judges_held_out or getattr(datamodule, "craft_photos", None) is None:
+            return
+        if trainer.is_global_zero:  # per image over photos: paste into each photo (advwm.protect.photos)
+            self.photos = RunPhotos(self, trainer, pl_module, datamodule)
+            self.photos.write_faceless()
+            self.photos.write_complete()  # a resumed run: photos whose faces were all crafted before the stop
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
         finished = pl_module.finished_batch
@@ -87,21 +120,31 @@ class WatermarkExport(Callback):
             names = list(finished["name"])
             self.per_image.append(pl_module.watermark())
             self.names.extend(names)
-            if trainer.is_global_zero:
+            if self.photos is not None:
+                self.photos.write_complete()
+            elif trainer.is_global_zero:
                 self.save_protected(pl_module.protect(finished["image"]).detach().cpu(), names)
 
     def state_dict(self) -> dict[str, Any]:
-        """Per image: the finished batches' perturbations and names, so a resumed run saves them all."""
-        return {"per_image": list(self.per_image), "names": list(self.names)}
+        """Per image: the finished batches' perturbations and names, so a resumed run saves them all, and the
+        photos already written."""
+        return {"per_image": list(self.per_image), "names": list(self.names),
+                "photos_written": list(self.photos_written)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.per_image = list(state_dict.get("per_image", []))
         self.names = list(state_dict.get("names", []))
+        self.photos_written = list(state_dict.get("photos_written", []))
 
     def save_protected(self, protected: torch.Tensor, names: list[str]) -> None:
-        """Per-image scope: each protected face as `protected/<name>.png` (what a user shares instead)."""
+        """Per-image scope without photos (demo, CelebA): each protected crop as `protected/<name>.png`, the name
+        kept whole (`face.jpg` -> `face.jpg.png`) so two faces never share a file."""
         for image, name in zip(protected, names, strict=True):
-            io.save_tensor_image(to_unit_range(image), (self.output_dir / "protected" / name).with_suffix(".png"))
+            io.save_tensor_image(to_unit_range(image), self.protected_dir / output_name(name))
+
+    def protection_rows(self) -> list[dict[str, Any]]:
+        """protection.csv's rows of this run's photos (per image over photos; [] otherwise)."""
+        return self.photos.rows() if self.photos is not None else []
 
     def payload(self, module: LightningModule) -> dict:
         """watermark.pt's content: the perturbation(s) and the run's metadata (`advwm.run_files.watermark_file`)."""
@@ -126,11 +169,20 @@ class WatermarkExport(Callback):
         return path
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Crafting has ended (its last iteration wrote checkpoints/last.ckpt: `advwm.run_files.signals.IterationEnd`):
+        `watermark.pt`/`.png` now, before anything is judged (the pipeline puts this callback first), so a kill while
+        judging keeps both; from here a signal stops the run at once."""
+        self.crafting_ended(trainer, pl_module)
+        signals.set_phase("judging" if pl_module.scope.judges_held_out else "saving the results")
+
+    def crafting_ended(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Write the finished watermark (also when a run resumes a checkpoint whose crafting had ended)."""
         if trainer.is_global_zero:
             self.save(pl_module)
+        self.final_saved = True
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        if not trainer.is_global_zero:
+        if not trainer.is_global_zero or self.final_saved:  # watermark.pt is written: nothing partial to add
             return
         if int(pl_module.iteration) == 0 and not self.per_image:
             log.error("run stopped (%s) before its first step: no watermark to save", type(exception).__name__)
@@ -141,7 +193,8 @@ class WatermarkExport(Callback):
             log.error("run stopped (%s); the watermark crafted so far could not be saved: %s",
                       type(exception).__name__, error)
             return
-        log.error("run stopped (%s); the watermark crafted so far is in %s", type(exception).__name__, path)
+        level = logging.INFO if isinstance(exception, signals.RunStopped) else logging.ERROR  # its line names it
+        log.log(level, "run stopped (%s); the watermark crafted so far is in %s", type(exception).__name__, path)
 
     def save_grids(self, samples: dict[str, dict[str, torch.Tensor]],
                    condition_names: dict[str, list[str]] | None = None) -> list[Path]:

@@ -21,17 +21,17 @@ SEARCH_HOOK = "advwm.search.suggest_step_sizes"  # conf/hparams_search: the swee
 
 
 def _cell(value: Any, digits: int = 3) -> str:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return "–"
-    return "–" if math.isnan(number) else f"{number:.{digits}f}"
+    """As the report writes numbers (a value below 0.001 in scientific notation, not 0.000)."""
+    from advwm.report.tables import fmt_number
+
+    return fmt_number(value, digits)
 
 
 def summary_table(sweep_dir: Path, metric: str = "sr_mask", objective: str | None = None) -> str:
     """One row per run under `sweep_dir` (failed ones say so): the metric per victim, its mean, the objective (a
     search's, when it is not among those columns), the seconds; a search whose trials all tie says so below."""
     from advwm.report import collect, metric_columns
+    from advwm.report.text import console_text
 
     runs = collect([sweep_dir])
     columns = metric_columns(runs, metric)
@@ -41,13 +41,14 @@ def summary_table(sweep_dir: Path, metric: str = "sr_mask", objective: str | Non
     for run in runs:
         number = run.path.name
         if run.failed:
-            rows.append([number, run.label, *["–"] * (len(columns) + len(extra)), f"FAILED: {run.error}"])
+            rows.append([number, console_text(run.label), *["–"] * (len(columns) + len(extra)),
+                         console_text(f"FAILED: {run.error}")])
             continue
         values = [_cell(run.metrics.get(c)) for c in columns]
         if columns and columns[-1].endswith("/mean") and columns[-1] not in run.metrics:
             finite = [float(v) for v in values[:-1] if v != "–"]
             values[-1] = _cell(sum(finite) / len(finite) if finite else math.nan)
-        rows.append([number, run.label + (" †" if run.random_victims else ""), *values,
+        rows.append([number, console_text(run.label) + (" †" if run.random_victims else ""), *values,
                      *[_cell(run.metrics.get(key), 4) for key in extra], _cell(run.metrics.get("seconds"), 0)])
     widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
     lines = ["  ".join(str(cell).ljust(widths[i]) if i < 2 else str(cell).rjust(widths[i])
@@ -57,9 +58,10 @@ def summary_table(sweep_dir: Path, metric: str = "sr_mask", objective: str | Non
     if any(run.random_victims for run in finished):
         lines.append("† random victims: the numbers show the machinery, not protection")
     if objective:
+        from advwm.report.tables import as_number
         from advwm.studies import tie_warning
 
-        values = [float(run.metrics[objective]) for run in finished if _cell(run.metrics.get(objective)) != "–"]
+        values = [as_number(run.metrics.get(objective)) for run in finished]
         warning = tie_warning(values, objective, any(run.random_victims for run in finished))
         if warning:
             lines.append(f"warning: {warning}")

@@ -40,6 +40,7 @@ class AttackProgressBar(TQDMProgressBar):
     def __init__(self, refresh_rate: int = 1) -> None:
         super().__init__(refresh_rate=refresh_rate, leave=False)
         self._done = 0
+        self._description = "iteration"
 
     @property
     def total_iterations(self) -> int | None:
@@ -48,7 +49,15 @@ class AttackProgressBar(TQDMProgressBar):
 
     @property
     def train_description(self) -> str:
-        return "iteration"
+        return self._description
+
+    def describe(self, text: str) -> None:
+        """The bar's label, e.g. `photos 3/10 protected` (a per-image run over photos: its export says it); the
+        time left stays the bar's, over all iterations."""
+        self._description = text
+        bar = self._train_progress_bar
+        if bar is not None and not bar.disable:
+            bar.set_description(text, refresh=True)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)

@@ -9,6 +9,7 @@ and the progress bar counts iterations.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -38,6 +39,9 @@ class FaceItem:
     center_crop: int | None = None
     mirror: bool = False
     opener: Callable[[], Image.Image] | None = field(default=None, repr=False)
+    square: tuple[int, int, int] | None = None  # a face square (left, top, side) of a photo: advwm.protect.paste
+    photo: str | None = None  # the photo this face belongs to (its path relative to the data folder)
+    verified: bool = False  # decoded already by the data module: `readable` need not decode it again
 
     def open(self) -> Image.Image:
         """The photo as a person sees it, 8-bit RGB (see `advwm.data.decode`), or a package's bundled array."""
@@ -61,6 +65,9 @@ def readable(items: Sequence[FaceItem], source: str) -> tuple[list[FaceItem], li
     kept: list[FaceItem] = []
     skipped: list[str] = []
     for item in items:
+        if item.verified:
+            kept.append(item)
+            continue
         where = item.path or item.name
         try:
             notes = item.check()
@@ -81,25 +88,47 @@ def readable(items: Sequence[FaceItem], source: str) -> tuple[list[FaceItem], li
 
 
 class FaceDataset(Dataset):
-    """Faces preprocessed to the victims' size, as sample dicts."""
+    """Faces preprocessed to the victims' size, as sample dicts.
 
-    def __init__(self, items: Sequence[FaceItem], image_size: int) -> None:
+    Items with a `square` are cut out of their photo by `advwm.protect.paste.crop_faces` (the crop the protected
+    photo is pasted back through); the others by `preprocess` (the reference pipeline's PIL crop and resize).
+    `cache`: how many recent samples to keep, since a batch is served `repeats` times in a row and decoding a
+    large photo for every attack iteration would cost more than a small victim's step.
+    """
+
+    def __init__(self, items: Sequence[FaceItem], image_size: int, cache: int = 0) -> None:
         self.items = list(items)
         self.image_size = image_size
+        self.cache = int(cache)
+        self._recent: OrderedDict[int, torch.Tensor] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> dict:
-        item = self.items[index]
-        try:
-            image = item.open()
-        except Exception as error:
-            raise RuntimeError(f"cannot read image {item.path or item.name}: {error}") from error
-        tensor = preprocess(image, self.image_size, center_crop=item.center_crop, box=item.box)
+    def _crop(self, item: FaceItem) -> torch.Tensor:
+        if item.square is not None:
+            from advwm.protect.paste import crop_faces, photo_tensor
+
+            assert item.path is not None
+            return crop_faces(photo_tensor(open_photo(item.path)), [item.square], self.image_size)[0]
+        tensor = preprocess(item.open(), self.image_size, center_crop=item.center_crop, box=item.box)
         if item.mirror:  # after cropping, so the crop box keeps framing the same face
             tensor = tensor.flip(-1)
-        return {"image": tensor, "labels": item.labels.clone(), "index": index, "name": item.name}
+        return tensor
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.items[index]
+        tensor = self._recent.get(index)
+        if tensor is None:
+            try:
+                tensor = self._crop(item)
+            except Exception as error:
+                raise RuntimeError(f"cannot read image {item.path or item.name}: {error}") from error
+            if self.cache:
+                self._recent[index] = tensor
+                while len(self._recent) > self.cache:
+                    self._recent.popitem(last=False)
+        return {"image": tensor.clone(), "labels": item.labels.clone(), "index": index, "name": item.name}
 
 
 class RepeatedBatchSampler(Sampler[list[int]]):
@@ -155,6 +184,7 @@ class FaceDataModule(LightningDataModule):
         self.eval_items: list[FaceItem] = []
         self.skipped: list[str] = []
         self.unlisted: list[str] = []  # entries passed over while listing the source (e.g. symlink loops)
+        self.cache = 0  # samples FaceDataset keeps (a subclass whose decoding is costly sets it)
         self._ready = False
 
     def load_items(self) -> tuple[list[FaceItem], list[FaceItem]]:
@@ -200,7 +230,7 @@ class FaceDataModule(LightningDataModule):
         batches = BatchSampler(indices, self.batch_size // world, drop_last=False)
         sampler = RepeatedBatchSampler(batches, self.repeats)
         sampler.start = self._iterations_done() % max(len(sampler), 1)
-        return DataLoader(FaceDataset(self.craft_items, self.image_size), batch_sampler=sampler,
+        return DataLoader(FaceDataset(self.craft_items, self.image_size, self.cache), batch_sampler=sampler,
                           num_workers=self.num_workers)
 
     def _iterations_done(self) -> int:
@@ -212,7 +242,7 @@ class FaceDataModule(LightningDataModule):
     def eval_dataloader(self) -> DataLoader:
         """The held-out faces, each once, in order (under DDP: this process's strided share, no padding)."""
         rank, world = self._process_share()
-        dataset = FaceDataset(self.eval_items, self.image_size)
+        dataset = FaceDataset(self.eval_items, self.image_size, self.cache)
         if world > 1:
             dataset = Subset(dataset, list(range(len(self.eval_items)))[rank::world])
         return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, num_workers=self.num_workers)

@@ -1,35 +1,45 @@
 """The comparison report (the local dashboard) over many runs: `python -m advwm.report <multirun folder>`.
 
-One module per job: `runs` (which folders are runs, what each holds), `labels` (naming each row by what
-differs between runs), `tables` (the paper tables, number formatting), `sweeps` (Optuna history),
-`charts` (PNG charts), `render` (Markdown / self-contained HTML), `page` (which sections, in which order),
-`cli` (the command line).
+One module per job: `runs` (which folders are runs, what each holds, refused/failed), `labels` (sweeps, and
+naming each row by what differs inside its sweep), `tables` (metric columns, number formatting), `ranking`
+(each metric's direction, best and ties), `curves` (values logged per iteration), `sweeps` (Optuna history),
+`charts` (PNG charts), `text` (escaping user strings per output), `render` (Markdown / self-contained HTML /
+console), `page` (which sections, in which order), `cli` (the command line).
 
 Python API: `collect(paths) -> list[Run]`, `build_table(runs, metric) -> (columns, rows)`,
 `load_history(storage, study_name)`; `main(argv)` is the command line.
+
+Names are imported on first use (PEP 562), so `python -m advwm.report --help` loads none of the report's
+heavier modules (matplotlib, PIL, optuna), and nothing here ever loads torch or Lightning.
 """
 
-from advwm.report.charts import Chart, bar_chart, history_chart
-from advwm.report.cli import main
-from advwm.report.labels import assign_labels, collect, seed_groups, varying
-from advwm.report.page import Report, build_report, write_report
-from advwm.report.runs import Run, find_run_dirs, flatten, load_run, loss_curves, run_pictures
-from advwm.report.sweeps import best_so_far, load_history, studies_of, sweep_summaries
-from advwm.report.tables import (
-    as_number,
-    build_table,
-    condition_columns,
-    fmt_mean_std,
-    fmt_number,
-    mean_std,
-    metric_columns,
-    metric_families,
-    victims_of,
-)
+from __future__ import annotations
 
-__all__ = [
-    "Chart", "Report", "Run", "as_number", "assign_labels", "bar_chart", "best_so_far", "build_report", "build_table",
-    "collect", "condition_columns", "find_run_dirs", "flatten", "fmt_number", "history_chart", "load_history",
-    "load_run", "main", "metric_columns", "studies_of", "sweep_summaries", "varying", "victims_of", "write_report",
-    "fmt_mean_std", "loss_curves", "mean_std", "metric_families", "run_pictures", "seed_groups",
-]
+import importlib
+from typing import Any
+
+_WHERE = {
+    "Chart": "charts", "bar_chart": "charts", "history_chart": "charts",
+    "main": "cli",
+    "assign_labels": "labels", "collect": "labels", "varying": "labels",
+    "methods": "labels", "sweeps_of": "labels", "Sweep": "labels",
+    "Report": "page", "build_report": "page", "write_report": "page",
+    "Run": "runs", "find_run_dirs": "runs", "flatten": "runs", "load_run": "runs", "run_pictures": "runs",
+    "logged_curves": "curves",
+    "best_so_far": "sweeps", "load_history": "sweeps", "studies_of": "sweeps",
+    "as_number": "tables", "build_table": "tables", "condition_columns": "tables", "fmt_mean_std": "tables",
+    "fmt_number": "tables", "mean_std": "tables", "metric_columns": "tables", "metric_families": "tables",
+    "victims_of": "tables",
+    "direction": "ranking", "mark_column": "ranking",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'advwm.report' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"advwm.report.{_WHERE[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

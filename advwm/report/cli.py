@@ -6,8 +6,10 @@
         --study-name cmua_stargan
 
 Arguments are run folders, multirun folders or any parent of them: every folder below them holding a
-`metrics.json` (or a Hydra `.hydra/config.yaml`, i.e. a run that started) is a run. A run without a
-readable `metrics.json` is listed as failed, with the last ERROR line of its log when there is one.
+`metrics.json` (or a Hydra `.hydra/config.yaml`, i.e. a run that started) is a run, and the runs of one
+folder form a sweep (a multirun or a search): one section each, its rows named by what differs inside it.
+Each metric is one table with the methods as rows and the seeds pooled (mean ± std, n), the best per column
+marked. Runs without a readable `metrics.json` are listed apart: refused (advwm's one-line error) or failed.
 The report is written to `--out` (default: the first argument): `report.md` (charts beside it in
 `report_files/`) and `report.html`, self-contained (charts inlined as base64 PNG, no external CSS/JS).
 """
@@ -18,9 +20,6 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-
-from advwm.report.page import build_report, write_report
-from advwm.report.render import md_table
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,25 +41,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.study_name and not args.study:
         parser.error("--study-name needs --study")
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    # the report's modules (matplotlib, PIL, optuna through them) load only now: --help and usage errors answer at once
+    from advwm.report.page import build_report, write_report
+    from advwm.report.render import console_table
+    from advwm.report.text import console_text
+
     try:
         report = build_report(args.paths, metrics, args.study, args.study_name, args.digits,
                               not args.no_conditions, args.title)
     except FileNotFoundError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {console_text(error)}", file=sys.stderr)
         return 2
     if args.paths and not report.runs:
-        print(f"error: no run folder (metrics.json or .hydra/config.yaml) under {', '.join(args.paths)}",
-              file=sys.stderr)
+        print(f"error: no run folder (metrics.json or .hydra/config.yaml) under "
+              f"{console_text(', '.join(args.paths))}", file=sys.stderr)
         return 2
     out = Path(args.out or (args.paths[0] if args.paths else ".")).expanduser()
     if out.is_file():
         out = out.parent
-    markdown, page = write_report(report, out)
-    shown = metrics or report.metrics[:1]  # on the console: the named metrics, else the first (SR_mask)
-    for section in report.sections:
-        if section.level == 2 and section.tables and section.title in shown:
-            print(f"{section.title}\n{md_table(section.tables[0])}\n")
-    failed = sum(r.failed for r in report.runs)
-    print(f"{len(report.runs)} runs ({failed} failed); report: {markdown}  {page}")
+    try:
+        markdown, page = write_report(report, out)
+    except OSError as error:  # a full disk (one line from advwm.run_files.io), a folder we may not write
+        print(f"error: cannot write the report in {console_text(out)}: {console_text(error.strerror or error)}",
+              file=sys.stderr)
+        return 2
+    for heading, table in report.console:  # the named metrics, else the first (SR_mask), per sweep
+        print(f"{console_text(heading)}\n{console_table(table)}\n")
+    counts = {s: sum(r.status == s for r in report.runs) for s in ("refused", "failed")}
+    print(f"{len(report.runs)} runs ({counts['refused']} refused, {counts['failed']} failed); "
+          f"report: {console_text(markdown)}  {console_text(page)}")
     return 0
-

@@ -13,6 +13,10 @@ How a row (a "method") is named, from the runs' `config.yaml` and `.hydra/`:
 3. The remaining varying keys follow as `key=value` (`attack.iterations=10`,
    `victims.stargan.step_scale=3.2`).
 
+Labels are given per sweep (`sweeps_of`): the runs of one multirun or search (one folder: Hydra puts a
+sweep's jobs in `<sweep>/<n>/`) are named by what differs among them only, so a parent folder holding two
+sweeps gives each its own short labels instead of one label over every setting of both.
+
 When nothing varies the label is the run's folder (relative to the runs' common parent); runs with
 equal labels get their folder appended. Rows of runs whose victims had random weights
 (`weights/<victim> == "random"` in metrics.json) carry a † and a footnote. Missing and NaN values are
@@ -24,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -114,10 +119,42 @@ def assign_labels(runs: Sequence[Run]) -> tuple[list[str], list[str]]:
     return groups, keys
 
 
+@dataclass
+class Sweep:
+    """The runs of one multirun or search: the run folders directly inside `folder`."""
+
+    folder: Path
+    runs: list[Run]
+    name: str = ""  # the heading: the folder relative to the sweeps' common parent
+    groups: list[str] = field(default_factory=list)  # Hydra groups whose choice differs inside it
+    keys: list[str] = field(default_factory=list)  # config keys that differ inside it
+
+    @property
+    def ok(self) -> list[Run]:
+        return [r for r in self.runs if not r.failed]
+
+
+def sweeps_of(runs: Sequence[Run]) -> list[Sweep]:
+    """The runs grouped by their parent folder (first seen first), labelled within each group, named by the
+    folder relative to the groups' common parent (the folder's own name when there is one group)."""
+    by_folder: dict[Path, list[Run]] = {}
+    for run in runs:
+        by_folder.setdefault(run.path.parent, []).append(run)
+    folders = list(by_folder)
+    common = Path(os.path.commonpath([str(f) for f in folders])) if len(folders) > 1 else None
+    sweeps = []
+    for folder, members in by_folder.items():
+        name = str(folder.relative_to(common)) if common is not None and folder != common else folder.name
+        groups, keys = assign_labels(members)
+        sweeps.append(Sweep(folder, members, name or str(folder), groups, keys))
+    return sweeps
+
+
 def collect(paths: Iterable[str | os.PathLike]) -> list[Run]:
-    """Every run below `paths` (failed ones included, `run.failed`), labelled, in natural path order."""
+    """Every run below `paths` (failed ones included, `run.failed`), labelled within its sweep (its parent
+    folder), in natural path order."""
     runs = [load_run(folder) for folder in find_run_dirs(paths)]
-    assign_labels(runs)
+    sweeps_of(runs)
     return runs
 
 
@@ -125,14 +162,15 @@ def collect(paths: Iterable[str | os.PathLike]) -> list[Run]:
 SEED_KEY = "seed"
 
 
-def seed_groups(runs: Sequence[Run]) -> list[SeedGroup]:
-    """The finished runs grouped by everything that varies except `seed` (first seen first); empty when
-    the seed does not vary, or no two runs share the rest (nothing to average)."""
+def methods(runs: Sequence[Run]) -> list[SeedGroup]:
+    """The finished runs as the rows of a metric table: runs that differ only in `seed` form one method (its
+    label: what else differs; "all runs" when only the seed does), every other run is a method of its own."""
     ok = [r for r in runs if not r.failed]
     if not any(SEED_KEY in r.parts for r in ok):
-        return []
+        return [SeedGroup(r.label, [r], dict(r.parts)) for r in ok]
     groups: dict[str, SeedGroup] = {}
     for run in ok:
-        rest = ", ".join(f"{k}={v}" for k, v in run.parts.items() if k != SEED_KEY) or "all runs"
-        groups.setdefault(rest, SeedGroup(rest, [])).runs.append(run)
-    return list(groups.values()) if any(len(g.runs) > 1 for g in groups.values()) else []
+        parts = {k: v for k, v in run.parts.items() if k != SEED_KEY}
+        rest = ", ".join(f"{k}={v}" for k, v in parts.items()) or "all runs"
+        groups.setdefault(rest, SeedGroup(rest, [], parts)).runs.append(run)
+    return list(groups.values())

@@ -17,6 +17,7 @@ from advwm.report.charts import Chart, _figure, _png, _slug
 from advwm.report.render import Section, Table
 from advwm.report.runs import Run
 from advwm.report.tables import RANDOM_MARK, as_number, fmt_number, victims_of
+from advwm.report.text import mpl_text
 
 PREFIX = "robust/"
 SHOWN = (("sr_mask", "SR_mask"), ("avg_l", "avg_L"))
@@ -46,7 +47,7 @@ def robust_value(run: Run, metric: str, victim: str, transform: str | None) -> f
     return as_number(run.metrics.get(key))
 
 
-def sharing_chart(victim: str, runs: Sequence[Run], transforms: Sequence[str]) -> Chart | None:
+def sharing_chart(victim: str, runs: Sequence[Run], transforms: Sequence[str], prefix: str = "") -> Chart | None:
     """SR_mask against JPEG quality for one victim (or `mean`): a line per run, its unshared value dashed."""
     qualities = sorted((q, t) for t in transforms if (q := jpeg_quality(t)) is not None)
     drawn = [(run, [robust_value(run, "sr_mask", victim, t) for _, t in qualities]) for run in runs if not run.failed]
@@ -58,18 +59,18 @@ def sharing_chart(victim: str, runs: Sequence[Run], transforms: Sequence[str]) -
     for index, (run, values) in enumerate(drawn):
         colour = f"C{index % 10}"
         label = run.label if len(run.label) <= 50 else run.label[:47] + "..."
-        axes.plot([q for q, _ in qualities], values, "-o", color=colour, label=label)
+        axes.plot([q for q, _ in qualities], values, "-o", color=colour, label=mpl_text(label))
         unshared = robust_value(run, "sr_mask", victim, None)
         if not math.isnan(unshared):
             axes.axhline(unshared, color=colour, linestyle="--", linewidth=1)
     axes.set_xlabel("JPEG quality (Pillow)")
-    axes.set_ylabel(f"SR_mask/{victim}")
+    axes.set_ylabel(mpl_text(f"SR_mask/{victim}"))
     axes.set_ylim(-0.03, 1.03)
-    axes.set_title(f"{victim}: SR_mask after JPEG (dashed: the photo not re-encoded)", fontsize=10)
+    axes.set_title(mpl_text(f"{victim}: SR_mask after JPEG (dashed: the photo not re-encoded)"), fontsize=10)
     axes.grid(alpha=0.3)
     if len(drawn) <= 12:
         axes.legend(fontsize=7)
-    return Chart(f"sharing_{_slug(victim)}.png", f"SR_mask vs JPEG quality: {victim}", _png(figure))
+    return Chart(f"{prefix}sharing_{_slug(victim)}.png", f"SR_mask vs JPEG quality: {victim}", _png(figure))
 
 
 def _table(runs: Sequence[Run], metric: str, victim: str, transforms: Sequence[str], digits: int) -> Table:
@@ -81,13 +82,14 @@ def _table(runs: Sequence[Run], metric: str, victim: str, transforms: Sequence[s
     return Table(headers, rows, links=[run.path for run in runs], parts=[dict(run.parts) for run in runs])
 
 
-def robustness_sections(runs: Sequence[Run], digits: int = 3) -> list[Section]:
-    """The section (and one sub-section per victim), or nothing when no run has robust/ keys."""
+def robustness_sections(runs: Sequence[Run], digits: int = 3, level: int = 2, prefix: str = "") -> list[Section]:
+    """The section (and one sub-section per victim), or nothing when no run has robust/ keys; `prefix` makes
+    the charts' file names unique among several sweeps."""
     transforms = transforms_of(runs)
     if not transforms:
         return []
     ok = [run for run in runs if not run.failed]
-    section = Section("Robustness to sharing")
+    section = Section("Robustness to sharing", level=level)
     section.paragraphs.append(
         "Each success metric again after the protected photo was shared (metrics.robustness: Pillow's JPEG at "
         "that quality, resize<f> down and back up, blur<sigma>, crop<f> and back), judged against the fake of the "
@@ -101,12 +103,12 @@ def robustness_sections(runs: Sequence[Run], digits: int = 3) -> list[Section]:
         section.notes.append(f"{RANDOM_MARK} randomly initialised victims: these numbers show the machinery, not "
                              "protection against the real models.")
     for victim in ["mean", *victims_of(ok)]:
-        chart = sharing_chart(victim, ok, transforms)
+        chart = sharing_chart(victim, ok, transforms, prefix)
         if chart is not None:
             section.charts.append(chart)
     sections = [section]
     for victim in victims_of(ok):
-        sub = Section(f"Robustness to sharing: {victim}", level=3)
+        sub = Section(f"Robustness to sharing: {victim}", level=level + 1)
         for metric, title in SHOWN:
             table = _table(ok, metric, victim, transforms, digits)
             table.headers[0] = f"{title}: method"

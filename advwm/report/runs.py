@@ -1,7 +1,13 @@
 """Run discovery: which folders are runs, and what each holds (flat config, Hydra choices, metrics).
 
-A folder holding `metrics.json` or `.hydra/config.yaml` (a run that started) is a run; one without a readable
-`metrics.json` is failed, with the last ERROR line of its log as the reason.
+A folder holding `metrics.json` or `.hydra/config.yaml` (a run that started) is a run. One without a readable
+`metrics.json` is either *refused*: advwm stopped it with its one-line error (`error: ...` in its log: a bad
+value, a missing file) before anything was crafted (no checkpoint, no `watermark.partial.pt`), the reason being
+that line; or *failed*: anything else (a traceback, a kill, a crash mid-craft, an unreadable `metrics.json`),
+the reason naming what is missing and the last ERROR line of its log.
+
+Internal keys never tell runs apart (`is_noise_key`): `paths.*`, `hydra.*`, `callbacks.*` (the evaluation
+callback repeats `metrics.*` under `callbacks.evaluation.settings`), `logger.*`, and folder keys anywhere.
 """
 
 from __future__ import annotations
@@ -16,11 +22,13 @@ from typing import Any
 
 import yaml
 
-NOISE_ROOTS = ("paths", "hydra")
+NOISE_ROOTS = ("paths", "hydra", "callbacks", "logger")
 NOISE_LEAVES = ("output_dir", "save_dir", "default_root_dir", "dirpath", "log_dir")
 SKIP_DIRS = ("wandb", "checkpoints", "csv", "images", "report_files", "__pycache__")
 TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}[_T ]\d{2}[-:]\d{2}")
 UNSET = "unset"
+LOG_PREFIX = re.compile(r"^\[[^\]]*\]\[[^\]]*\]\[[A-Z]+\] - ")  # `[time][logger][LEVEL] - ` of Hydra's job log
+ADVWM_ERROR = "error: "  # how advwm's one-line refusals start (advwm.run.stop)
 
 
 @dataclass
@@ -34,12 +42,17 @@ class Run:
     overrides: list[str] = field(default_factory=list)
     choices: dict[str, Any] = field(default_factory=dict)
     all_choices: bool = False  # choices come from .hydra/hydra.yaml (a group not in them was not chosen)
-    error: str | None = None  # why the run counts as failed (no or unreadable metrics.json)
+    error: str | None = None  # why the run has no metrics (no or unreadable metrics.json): one line
+    refused: bool = False  # stopped by advwm's one-line error before anything was crafted
     parts: dict[str, str] = field(default_factory=dict)  # what differs from the other runs: {key: value}
 
     @property
     def failed(self) -> bool:
         return self.error is not None
+
+    @property
+    def status(self) -> str:
+        return "refused" if self.refused else "failed" if self.failed else "ok"
 
     @property
     def random_victims(self) -> list[str]:
@@ -92,7 +105,7 @@ def read_yaml(file: Path) -> Any:
 
 
 def _last_error(folder: Path) -> str | None:
-    """The last ERROR line of the run's log(s), for the failed-runs list."""
+    """The last ERROR line of the run's log(s), without the log's `[time][logger][LEVEL] - ` prefix."""
     last = None
     for log_file in sorted(folder.glob("*.log")):
         try:
@@ -101,13 +114,22 @@ def _last_error(folder: Path) -> str | None:
             continue
         for line in lines:
             if "ERROR" in line or line.startswith(("error:", "Error")):
-                last = line.strip()
+                last = LOG_PREFIX.sub("", line.strip())
     return last[:300] if last else None
 
 
-def _read_metrics(folder: Path) -> tuple[dict[str, Any], str | None]:
+def _crafted_anything(folder: Path) -> bool:
+    return (folder / "watermark.partial.pt").is_file() or any((folder / "checkpoints").glob("*.ckpt"))
+
+
+def _read_metrics(folder: Path) -> tuple[dict[str, Any], str | None, bool]:
+    """(metrics, why there are none, refused): see the module docstring."""
     file = folder / "metrics.json"
+    detail = None
     if not file.is_file():
+        detail = _last_error(folder)
+        if detail is not None and detail.startswith(ADVWM_ERROR) and not _crafted_anything(folder):
+            return {}, detail[len(ADVWM_ERROR):], True
         reason = "no metrics.json (failed or unfinished)"
     else:
         try:
@@ -116,10 +138,10 @@ def _read_metrics(folder: Path) -> tuple[dict[str, Any], str | None]:
             reason = f"metrics.json unreadable ({type(error).__name__}: {error})"
         else:
             if isinstance(metrics, dict):
-                return metrics, None
+                return metrics, None, False
             reason = "metrics.json is not a JSON object"
-    detail = _last_error(folder)
-    return {}, reason + (f"; log: {detail}" if detail else "")
+        detail = _last_error(folder)
+    return {}, reason + (f"; log: {detail}" if detail else ""), False
 
 
 def _override_pairs(overrides: Sequence[str]) -> list[tuple[str, str]]:
@@ -161,38 +183,10 @@ def load_run(folder: Path) -> Run:
         # a group override (e.g. `+victims=[stargan,attgan]`, `aggregator=mgda`): not a leaf of the config
         if key not in flat and not is_noise_key(key):
             choices[key] = value
-    metrics, error = _read_metrics(folder)
+    metrics, error, refused = _read_metrics(folder)
     return Run(path=folder, config=flat, metrics=metrics, overrides=overrides, choices=choices,
-               all_choices=all_choices, error=error)
+               all_choices=all_choices, error=error, refused=refused)
 
-
-
-
-def loss_curves(folder: Path) -> dict[str, list[tuple[int, float]]]:
-    """The per-step losses a run's CSV log holds (`csv/metrics.csv`, columns `loss/<victim>` and `loss/total`):
-    `{"stargan": [(step, loss), ...], ...}`; empty when there is no CSV log."""
-    file = folder / "csv" / "metrics.csv"
-    curves: dict[str, list[tuple[int, float]]] = {}
-    if not file.is_file():
-        return curves
-    import csv
-
-    try:
-        with file.open(newline="") as handle:
-            for row in csv.DictReader(handle):
-                try:
-                    step = int(float(row.get("step") or "nan"))
-                except ValueError:
-                    continue
-                for key, text in row.items():
-                    if key and key.startswith("loss/") and key.count("/") == 1 and text not in (None, ""):
-                        try:
-                            curves.setdefault(key[len("loss/"):], []).append((step, float(text)))
-                        except ValueError:
-                            continue
-    except (OSError, csv.Error):
-        return {}
-    return curves
 
 
 def run_pictures(folder: Path) -> tuple[Path | None, dict[str, Path]]:

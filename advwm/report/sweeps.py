@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from advwm.report.labels import unresolved
-from advwm.report.runs import Run, natural_key, read_yaml
+from advwm.report.runs import Run
 from advwm.report.tables import as_number
 
 
@@ -78,17 +77,3 @@ def studies_of(runs: Sequence[Run]) -> list[tuple[str, str]]:
         if isinstance(storage, str) and isinstance(name, str) and not unresolved(storage + name):
             found[(storage, name)] = None
     return list(found)
-
-
-def sweep_summaries(paths: Iterable[str | os.PathLike]) -> list[tuple[Path, dict]]:
-    """The sweeper's own `optimization_results.yaml` files at or below the paths."""
-    found = []
-    for raw in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
-        path = Path(raw).expanduser()
-        if path.is_dir():
-            for file in sorted(path.rglob("optimization_results.yaml"), key=natural_key):
-                content = read_yaml(file)
-                if isinstance(content, dict):
-                    found.append((file, content))
-    return found
-

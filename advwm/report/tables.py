@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from advwm.report.runs import Run
@@ -25,12 +26,19 @@ def as_number(value: Any) -> float:
         return math.nan
 
 
+SCIENTIFIC_BELOW = 1e-3  # non-zero values smaller than this (in absolute value) would read as 0.000
+
+
 def fmt_number(value: Any, digits: int = 3) -> str:
+    """`digits` decimals; a non-zero value below 0.001 in absolute value in scientific notation with `digits`
+    significant digits (9.05e-07, not 0.000); NaN and missing as a dash."""
     number = as_number(value)
     if math.isnan(number):
         return DASH
     if math.isinf(number):
         return "inf" if number > 0 else "-inf"
+    if number != 0 and abs(number) < SCIENTIFIC_BELOW:
+        return f"{number:.{max(digits - 1, 0)}e}"
     return f"{number:.{digits}f}"
 
 
@@ -65,7 +73,8 @@ def metric_columns(runs: Sequence[Run], metric: str) -> list[str]:
     return keys
 
 
-def _value(run: Run, key: str, columns: Sequence[str]) -> float:
+def metric_value(run: Run, key: str, columns: Sequence[str]) -> float:
+    """The run's value of `key`; a `<metric>/mean` it lacks is the mean of its other columns (NaN-aware)."""
     if key in run.metrics or not key.endswith("/mean"):
         return as_number(run.metrics.get(key))
     prefix = key[: -len("mean")]
@@ -75,7 +84,7 @@ def _value(run: Run, key: str, columns: Sequence[str]) -> float:
 
 
 def metric_rows(runs: Sequence[Run], keys: Sequence[str]) -> list[tuple[Run, list[float]]]:
-    return [(run, [_value(run, key, keys) for key in keys]) for run in runs if not run.failed]
+    return [(run, [metric_value(run, key, keys) for key in keys]) for run in runs if not run.failed]
 
 
 def build_table(runs: Sequence[Run], metric: str | Sequence[str] = "sr_mask") -> tuple[list[str], list[list[Any]]]:
@@ -128,27 +137,42 @@ def metric_families(runs: Sequence[Run]) -> list[str]:
 
 @dataclass
 class SeedGroup:
-    """Runs that differ only in their seed: one row of the mean ± std table."""
+    """Runs that differ only in their seed: one method, one row of a metric table (mean ± std over seeds)."""
 
     label: str
     runs: list[Run]
+    parts: dict[str, str] = field(default_factory=dict)  # what differs from the other methods: {key: value}
+
+    @property
+    def random_victims(self) -> list[str]:
+        return list(dict.fromkeys(v for run in self.runs for v in run.random_victims))
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
-    """(mean, sample standard deviation with n − 1, n) of the finite values; std is NaN for n < 2."""
+    """(mean, sample standard deviation with n − 1, n) of the non-NaN values; std is NaN for n < 2.
+
+    Python's `statistics` computes both exactly (in fractions) before rounding once, so equal seeds give a std
+    of exactly 0, not 1.7e-17 (which the report would print in scientific notation)."""
     finite = [v for v in values if not math.isnan(v)]
     n = len(finite)
     if n == 0:
         return math.nan, math.nan, 0
-    mean = sum(finite) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in finite) / (n - 1)) if n > 1 else math.nan
-    return mean, std, n
+    if any(math.isinf(v) for v in finite):
+        return sum(finite) / n, math.nan, n
+    return statistics.mean(finite), statistics.stdev(finite) if n > 1 else math.nan, n
 
 
 def fmt_mean_std(values: Sequence[float], digits: int = 3) -> str:
     mean, std, n = mean_std(values)
+    return fmt_stat(mean, std, n, digits)
+
+
+def fmt_stat(mean: float, std: float, n: int, digits: int = 3, with_n: bool = True) -> str:
+    """`mean ± std (n=k)`; one value: `mean (n=1)`; `with_n=False` (every row has one run): the value alone."""
     if n == 0:
         return DASH
+    if not with_n:
+        return fmt_number(mean, digits)
     if n == 1:
-        return f"{mean:.{digits}f} (n=1)"
-    return f"{mean:.{digits}f} ± {std:.{digits}f} (n={n})"
+        return f"{fmt_number(mean, digits)} (n=1)"
+    return f"{fmt_number(mean, digits)} ± {fmt_number(std, digits)} (n={n})"

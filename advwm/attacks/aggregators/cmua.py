@@ -3,6 +3,10 @@
 Per iteration, victim by victim: the scope reduces the per-image gradients at the current watermark W
 (image-level fusion: the batch mean of their signs), the base attack proposes P_j from W with victim j's
 step size a_j = step_scale_j * attack.step_size, and model-level fusion blends W <- alpha W + (1 - alpha) P_j.
+
+The first proposal is not blended: the paper's eq. 4 and its text ("the initial W_CMUA is just the P_avg calculated
+from the first deepfake model") start W at the first victim's first proposal, which is made from the base attack's
+start; every later proposal blends. The released loop does the same (`up = eta` the very first time).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ class CMUAFusion(Aggregator):
         attack = engine.base_attack
         signed = engine.scope.fused_step_signed()
         total = torch.zeros((), device=iteration.x.device)
+        first = iteration.step == 0  # the perturbation's first iteration: its first proposal becomes W
         for j, victim in enumerate(engine.victims):
             result = engine.victim_gradient(j, iteration)
             grad, loss = engine.scope.reduce(result.grad, result.loss)
@@ -51,7 +56,7 @@ class CMUAFusion(Aggregator):
             step = engine.attack.step_size * engine.step_scales[victim.name]
             with torch.no_grad():
                 proposal = attack.propose(engine.perturbation, grad, step, signed=signed)
-                engine.perturbation.copy_(self.blend(engine.perturbation, proposal))
+                engine.perturbation.copy_(proposal if first and j == 0 else self.blend(engine.perturbation, proposal))
             engine.scope.keep_in_image_range(engine, iteration.x)
             total = total + loss.mean()
             engine.log_victim(j, result.loss)
