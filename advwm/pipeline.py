@@ -35,13 +35,12 @@ from advwm.run_files.resume import (
     load_checkpoint,
     resume_signature,
 )
-from advwm.validation import check_config, check_image_size
-from advwm.victims import CheckpointNotFoundError, Victim, build_victim, get_spec
+from advwm.validation import check_config, check_image_size, missing_weights_message, weight_sources
+from advwm.victims import CheckpointNotFoundError, Victim, build_victim
 from advwm.victims.execution import apply_execution
 
 log = logging.getLogger(__name__)
 
-WEIGHT_MODES = ("checkpoint", "random", "auto")
 RANDOM_WEIGHTS_NOTE = ("victims {names} are RANDOMLY INITIALISED (no official checkpoint): the numbers show "
                        "the machinery, not protection against the real models")
 
@@ -57,42 +56,10 @@ def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
-def resolve_weights(name: str, entry: DictConfig) -> tuple[str | None, str]:
-    """(checkpoint path or None, "official" | "random") for one victim, by its `weights` mode."""
-    mode = str(entry.get("weights", "checkpoint"))
-    if mode not in WEIGHT_MODES:
-        raise ConfigError(f"victims.{name}.weights must be one of {WEIGHT_MODES}, got {mode!r}")
-    path = entry.get("checkpoint")
-    if mode == "random":
-        return None, "random"
-    exists = path is not None and Path(str(path)).expanduser().is_file()
-    if exists:
-        return str(Path(str(path)).expanduser()), "official"
-    if mode == "auto":  # the demo: said once for all victims by the random-weights note
-        return None, "random"
-    raise CheckpointNotFoundError(missing_weights_message({name: path}))
-
-
-def missing_weights_message(missing: dict[str, Any]) -> str:
-    """One line for every victim whose official file is missing: where it was looked for, how to get it."""
-    parts = []
-    for name, path in missing.items():
-        spec = get_spec(name)
-        how = f"`python -m advwm.weights fetch {name}`" if spec.url else spec.source.rstrip(".")
-        parts.append(f"{name} ({path}; {how})")
-    return (f"no official weights for {len(missing)} victim(s): " + "; ".join(parts) + ". Place each file there or "
-            "pass victims.<name>.checkpoint=/path/to/file (`python -m advwm.weights list` shows every file and "
-            "source), or add weights=random for a smoke run with random victims")
-
-
 def check_weights(cfg: DictConfig) -> dict[str, tuple[str | None, str]]:
-    """Every chosen victim's (checkpoint, "official" | "random"), before any work; all missing files in ONE error."""
-    resolved, missing = {}, {}
-    for name, entry in (cfg.get("victims") or {}).items():
-        try:
-            resolved[str(name)] = resolve_weights(str(name), entry)
-        except CheckpointNotFoundError:
-            missing[str(name)] = entry.get("checkpoint")
+    """Every chosen victim's (checkpoint, "official" | "random"), before any work; all missing files in ONE error
+    (`advwm.validation.weight_sources`: no torch, so `advwm.run` says it before torch loads)."""
+    resolved, missing = weight_sources(cfg)
     if missing:
         raise CheckpointNotFoundError(missing_weights_message(missing))
     return resolved

@@ -18,6 +18,10 @@ a process killed in between left its trial RUNNING forever. The same hook theref
   the trial's user attributes (`run_folder`), so trials and folders find each other both ways.
 Stale trials are checked whenever a trial starts, so resuming a study fails the killed trial as soon as its
 grace period is over. A trial stopped by SIGTERM or SIGINT is marked FAIL at once (`fail_own_trials`).
+
+What a study optimises: the hook also records the signature of the search's settings in the study with its first
+trial (`record_signature`) and refuses a trial whose settings differ; `advwm.studies` computes the signature and,
+before a search starts, checks the storage and the study without loading optuna.
 """
 
 from __future__ import annotations
@@ -32,8 +36,10 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
+from advwm.errors import ConfigError
 from advwm.report.sweeps import _mask_password  # the report's: user:***@host, one implementation
 from advwm.run_files import io, signals
+from advwm.studies import SIGNATURE_ATTR, study_difference, study_signature
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,20 @@ _beating: dict[int, RDBStorage] = {}  # trial id -> its storage: this process's 
 def step_size_bounds(cfg: DictConfig) -> tuple[float, float]:
     search = cfg.get("step_search") or {}
     return float(search.get("low", 0.0)), float(search.get("high", 10.0))
+
+
+def record_signature(cfg: DictConfig, study: optuna.study.Study) -> None:
+    """Write the study's signature with its first trial; refuse a trial whose settings differ (a search started
+    without advwm.run's check, e.g. from Python)."""
+    current = study_signature(cfg)
+    saved = study.user_attrs.get(SIGNATURE_ATTR)
+    if saved is None:
+        study.set_user_attr(SIGNATURE_ATTR, current)
+        return
+    difference = study_difference(saved, current)
+    if difference:
+        raise ConfigError(f"study {study.study_name!r} holds trials {difference}: give this search its own study "
+                          "(study_name=...)")
 
 
 def suggest_step_sizes(cfg: DictConfig, trial: optuna.trial.Trial) -> None:
@@ -164,6 +184,7 @@ def keep_trial(cfg: DictConfig, trial: optuna.trial.Trial) -> None:
     folder = trial_folder(cfg)
     url = OmegaConf.select(cfg, "hydra.sweeper.storage", default=None)
     study_name = trial.study.study_name
+    record_signature(cfg, trial.study)
     if folder is not None:
         trial.set_user_attr("run_folder", str(folder.resolve()))
         io.save_json(folder / "trial.json", {"trial": trial.number, "study": study_name,

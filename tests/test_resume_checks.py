@@ -170,8 +170,8 @@ PER_IMAGE = [*COMMON, "scope=per_image", "attack=ifgsm", "aggregator=mgda"]
 def stopped(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A universal MI-FGSM run (momentum state) stopped after 2 iterations, a per-image one after its first batch."""
     root = tmp_path_factory.mktemp("stopped")
-    craft(compose_run(root / "universal", [*MOMENTUM, "+trainer.max_steps=2"]))
-    craft(compose_run(root / "per_image", [*PER_IMAGE, "+trainer.max_steps=3"]))
+    craft(compose_run(root / "universal", [*MOMENTUM, "trainer.max_steps=2"]))
+    craft(compose_run(root / "per_image", [*PER_IMAGE, "trainer.max_steps=3"]))
     return {name: root / name / "checkpoints" / "last.ckpt" for name in ("universal", "per_image")}
 
 
@@ -293,7 +293,7 @@ def test_more_passes_continue_crafting_unless_a_schedule_spans_the_run(tmp_path:
     """trainer.max_epochs is when crafting stops (a larger one goes on: tests/test_run.py shows the result equals
     the longer run), except for APGD on a universal watermark, whose schedule spans max_epochs passes."""
     apgd = [*COMMON, "attack=apgd", "aggregator=uniform"]
-    craft(compose_run(tmp_path / "apgd", [*apgd, "+trainer.max_steps=2"]))
+    craft(compose_run(tmp_path / "apgd", [*apgd, "trainer.max_steps=2"]))
     with pytest.raises(ConfigValueError, match=r"trainer\.max_epochs \(1 there, 2 here\)"):
         craft(compose_run(tmp_path / "longer", [*apgd, "trainer.max_epochs=2",
                                                 f"ckpt_path={tmp_path / 'apgd/checkpoints/last.ckpt'}"]))
@@ -311,7 +311,7 @@ def _stargan_weights(path: Path, seed: int) -> Path:
 def test_a_victims_weights_are_compared_by_content_not_path(tmp_path: Path) -> None:
     weights = _stargan_weights(tmp_path / "G.ckpt", seed=1)
     official = [o for o in COMMON if o != "weights=random"] + [f"victims.stargan.checkpoint={weights}"]
-    craft(compose_run(tmp_path / "stopped", [*official, "+trainer.max_steps=2"]))
+    craft(compose_run(tmp_path / "stopped", [*official, "trainer.max_steps=2"]))
     checkpoint = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
     moved = shutil.copy(weights, tmp_path / "moved.ckpt")
     _stargan_weights(weights, seed=2)  # other bytes at the same path
@@ -330,7 +330,7 @@ def test_the_crafting_photos_are_compared_by_name_order_and_labels(tmp_path: Pat
         Image.new("RGB", (40, 40), (60 * index, 90, 30)).save(photos / f"{name}.png")
     folder = [*[o for o in COMMON if not o.startswith("data.")], "data=folder", f"data.root={photos}",
               "data.n_craft=3", "data.batch_size=2", "data.eval_batch_size=2", "data.detect=false"]  # flat colours
-    craft(compose_run(tmp_path / "stopped", [*folder, "+trainer.max_steps=2"]))
+    craft(compose_run(tmp_path / "stopped", [*folder, "trainer.max_steps=2"]))
     checkpoint = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
     Image.new("RGB", (40, 40), (1, 2, 3)).save(photos / "a.png")  # sorts first: the crafting list moves
     with pytest.raises(ConfigError, match=rf"^ckpt_path={checkpoint}: the checkpoint was crafted on other faces than "
@@ -353,7 +353,7 @@ def outputs(folder: Path) -> tuple[torch.Tensor, dict]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("overrides", "steps"), [(MOMENTUM, 6), (PER_IMAGE, 6),
-                                                  ([*MOMENTUM, "+trainer.max_steps=4"], 4)],
+                                                  ([*MOMENTUM, "trainer.max_steps=4"], 4)],
                          ids=["universal", "per_image", "cut-by-max_steps"])
 def test_a_finished_runs_checkpoint_resumed_elsewhere_writes_its_outputs(tmp_path: Path, overrides: list[str],
                                                                          steps: int, capsys) -> None:
@@ -378,7 +378,7 @@ def test_a_run_cut_short_without_a_periodic_checkpoint_resumes_to_the_uninterrup
     says its epoch is complete, and the resume would skip the rest of it."""
     rare = [*MOMENTUM, "checkpoint_every=1000"]
     straight = craft(compose_run(tmp_path / "straight", rare))
-    craft(compose_run(tmp_path / "cut", [*rare, "+trainer.max_steps=2"]))
+    craft(compose_run(tmp_path / "cut", [*rare, "trainer.max_steps=2"]))
     resumed = craft(compose_run(tmp_path / "resumed", [*rare, f"ckpt_path={tmp_path / 'cut/checkpoints/last.ckpt'}"]))
     assert resumed["steps"] == straight["steps"] == 6
     assert torch.equal(outputs(tmp_path / "resumed")[0], outputs(tmp_path / "straight")[0])
@@ -388,14 +388,14 @@ def test_a_run_cut_short_without_a_periodic_checkpoint_resumes_to_the_uninterrup
 def test_a_run_in_a_folder_holding_a_checkpoint_must_resume_it(tmp_path: Path) -> None:
     folder = tmp_path / "run"
     every4 = [*COMMON, "checkpoint_every=4"]  # the stop's checkpoint first, then a periodic one at 4, the last at 6
-    craft(compose_run(folder, [*every4, "+trainer.max_steps=2"]))
+    craft(compose_run(folder, [*every4, "trainer.max_steps=2"]))
     before = (folder / "checkpoints" / "last.ckpt").read_bytes()
     with pytest.raises(RunFolderError, match=rf"^run folder {folder} holds checkpoints/last.ckpt \(iteration 2\) of an "
                                              r"earlier run: resume that run \(python -m advwm.run .*ckpt_path="):
         craft(compose_run(folder, [*COMMON, "seed=3"]))
     assert (folder / "checkpoints" / "last.ckpt").read_bytes() == before
     other = tmp_path / "other"
-    craft(compose_run(other, [*COMMON, "+trainer.max_steps=1"]))
+    craft(compose_run(other, [*COMMON, "trainer.max_steps=1"]))
     with pytest.raises(RunFolderError, match="holds checkpoints/last.ckpt"):  # a resume from elsewhere would overwrite
         craft(compose_run(folder, [*COMMON, f"ckpt_path={other / 'checkpoints' / 'last.ckpt'}"]))
     assert craft(compose_run(folder, [*every4, f"ckpt_path={folder / 'checkpoints' / 'last.ckpt'}"]))["steps"] == 6
@@ -406,7 +406,7 @@ def test_a_run_in_a_folder_holding_a_checkpoint_must_resume_it(tmp_path: Path) -
 @pytest.mark.slow
 def test_the_cli_refuses_a_new_run_in_a_killed_runs_folder_before_writing(tmp_path: Path) -> None:
     folder = tmp_path / "run"
-    first = run_cli([*COMMON, "logger=csv", "metrics=fast", "+trainer.max_steps=2", f"hydra.run.dir={folder}"])
+    first = run_cli([*COMMON, "logger=csv", "metrics=fast", "trainer.max_steps=2", f"hydra.run.dir={folder}"])
     assert first.returncode == 0, first.stderr[-2000:]
     overrides = (folder / ".hydra" / "overrides.yaml").read_text()
     second = run_cli([*COMMON, "logger=csv", "metrics=fast", "seed=5", f"hydra.run.dir={folder}"])
@@ -414,6 +414,6 @@ def test_the_cli_refuses_a_new_run_in_a_killed_runs_folder_before_writing(tmp_pa
     line = second.stderr.strip().splitlines()[-1]
     assert line.startswith(f"error: run folder {folder} holds checkpoints/last.ckpt (iteration 2) of an earlier run: "
                            "resume that run (python -m advwm.run '+victims=[stargan]' weights=random ")
-    assert f"+trainer.max_steps=2 ckpt_path={folder}/checkpoints/last.ckpt hydra.run.dir={folder})" in line
+    assert f"trainer.max_steps=2 ckpt_path={folder}/checkpoints/last.ckpt hydra.run.dir={folder})" in line
     assert (folder / ".hydra" / "overrides.yaml").read_text() == overrides  # nothing of the new run written there
     assert "seed=5" not in (folder / "craft.log").read_text()

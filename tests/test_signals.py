@@ -322,9 +322,12 @@ def test_a_search_stopped_by_sigterm_fails_its_trial_at_once_and_goes_on(tmp_pat
     search = ["-m", "hparams_search=cmua_step_sizes", "hydra.sweeper.n_trials=1", "+victims=[stargan]",
               "weights=random", "logger=csv", "metrics=fast", *small("stargan"), "attack.iterations=1",
               "data.craft=[astronaut]", "data.evaluate=[grace_hopper]", "checkpoint_every=1",
-              f"paths.log_dir={tmp_path}"]
+              f"paths.log_dir={tmp_path}",
+              # long enough to be stopped mid-run, short enough to finish when continued; the same in both
+              # invocations (a study refuses trials scored with other settings: advwm.studies.study_signature)
+              "trainer.max_epochs=100000", "trainer.max_steps=100"]
     url = f"sqlite:///{tmp_path / 'optuna' / 'cmua_stargan.db'}"
-    run = Run(tmp_path, "search", [*search, "trainer.max_epochs=100000"])
+    run = Run(tmp_path, "search", search)
     run.wait_for(lambda: bool(list(tmp_path.glob("craft/multiruns/*/0/checkpoints/last.ckpt"))), "a trial crafted")
     run.send(signal.SIGTERM)
     status, line = run.finish()
@@ -334,7 +337,7 @@ def test_a_search_stopped_by_sigterm_fails_its_trial_at_once_and_goes_on(tmp_pat
                          "the same command again to continue it")
     trials = optuna.load_study(study_name="cmua_stargan", storage=url).trials
     assert [(t.number, t.state) for t in trials] == [(0, TrialState.FAIL)]  # at once, not after a grace period
-    again = cli([*search, "trainer.max_epochs=1"])
+    again = cli(search)
     assert again.returncode == 0, again.stderr[-3000:]
     trials = optuna.load_study(study_name="cmua_stargan", storage=url).trials
     assert [(t.number, t.state) for t in trials] == [(0, TrialState.FAIL), (1, TrialState.COMPLETE)]
@@ -369,7 +372,7 @@ def test_protect_stopped_by_sigterm_says_so_in_one_line(tmp_path: Path) -> None:
 def test_a_run_cut_short_before_any_face_was_judged_says_so_and_exits_0(tmp_path: Path) -> None:
     per_image = [*TINY[:4], "attack.iterations=3", *TINY[5:], "scope=per_image", "attack=ifgsm", "aggregator=mgda"]
     folder = tmp_path / "run"
-    cut = cli([*per_image, "+trainer.max_steps=2", f"hydra.run.dir={folder}"])
+    cut = cli([*per_image, "trainer.max_steps=2", f"hydra.run.dir={folder}"])
     assert cut.returncode == 0, cut.stderr[-3000:]
     assert "not among the metrics" not in cut.stderr
     said = next(line for line in cut.stdout.splitlines() if line.startswith("stopped after"))

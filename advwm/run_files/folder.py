@@ -22,13 +22,22 @@ One `checkpoints/last.ckpt` per folder, always the newest run's: a run in a fold
 checkpoint must resume from it (`checkpoint_in_folder_problem`), else it stops before writing anything there (it
 used to write `last-v1.ckpt` beside the killed run's `last.ckpt`, which the resume command then picked up). On SLURM
 a requeued job resumes from its folder's newest checkpoint by itself (`requeue_checkpoint`).
+
+A folder this process made and nothing but Hydra and the lock wrote into (a run stopped by a user error before any
+work) is removed again by `discard_untouched`, so a typo leaves no folder that the report would count as a failed
+run. "Made by this process": the lock's `acquire` made it, or it is a job folder inside a multirun folder that
+`RunFolderLock.on_multirun_start` made (Hydra's launcher then made the job folders in this process). A folder that
+existed before (`hydra.run.dir=<yours>`), one in another process's multirun folder, or one holding anything else
+(checkpoints, metrics, a search trial's trial.json) is never removed.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
+import shutil
 import socket
 import sys
 import time
@@ -52,6 +61,10 @@ HPC_CHECKPOINTS = "hpc_ckpt_*.ckpt"  # Lightning's SLURM requeue checkpoints, in
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
 _held: dict[Path, int] = {}  # folder -> the open lock file descriptor
+_made: set[Path] = set()  # folders (run folders, multirun folders) this process created
+HYDRA_FILES = ".hydra"  # Hydra's own record of the run (config.yaml, hydra.yaml, overrides.yaml)
+CONFIG_FILE = "config.yaml"  # advwm's resolved config, its first write (advwm.pipeline)
+MULTIRUN_FILE = "multirun.yaml"  # what Hydra writes into a multirun folder before its first job
 
 
 class RunFolderError(RuntimeError):
@@ -75,6 +88,11 @@ def unwritable_message(folder: Path, error: OSError) -> str:
     if io.is_disk_full(error):
         return f"{io.disk_full_message(folder / LOCK_NAME)}: {DISK_FULL_ADVICE}"
     reason = error.strerror or type(error).__name__
+    lock = folder / LOCK_NAME
+    if folder.is_dir() and (lock.is_dir() or os.path.lexists(lock)):  # the folder is fine: its lock file is not
+        what = "is a folder, not advwm's lock file" if lock.is_dir() else f"cannot be opened ({reason})"
+        return (f"the run folder's lock file {lock} {what}: remove it (it holds nothing a run needs) or choose "
+                "another run folder with hydra.run.dir=<folder>")
     return (f"cannot write the run folder {folder} ({reason}): choose a writable place with hydra.run.dir=<folder> "
             "or paths.log_dir=<folder>")
 
@@ -107,8 +125,11 @@ def acquire(folder: str | os.PathLike) -> bool:
     key = _key(folder)
     if key in _held:
         return False
+    existed = os.path.lexists(key)
     try:
         key.mkdir(parents=True, exist_ok=True)
+        if not existed:
+            _made.add(key)
         handle = os.open(key / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as error:
         raise RunFolderError(unwritable_message(key, error)) from error
@@ -144,6 +165,44 @@ def release(folder: str | os.PathLike) -> None:
 
 def held(folder: str | os.PathLike) -> bool:
     return _key(folder) in _held
+
+
+def made_here(folder: str | os.PathLike) -> bool:
+    """True when this process created `folder`, or the multirun folder it is a job folder of."""
+    key = _key(folder)
+    return key in _made or key.parent in _made
+
+
+def untouched(folder: Path, log_name: str) -> bool:
+    """Nothing in `folder` but Hydra's record, the lock, the run's log and advwm's config.yaml."""
+    allowed = {HYDRA_FILES, LOCK_NAME, log_name, CONFIG_FILE}
+    try:
+        return all(entry.name in allowed for entry in folder.iterdir())
+    except OSError:
+        return False
+
+
+def discard_untouched(folder: str | os.PathLike, log_name: str) -> bool:
+    """Remove `folder` when this process made it, holds its lock and nothing but Hydra, the lock, the log and the
+    config is in it (a run stopped before any work); True if removed. Log handlers writing into it are closed. The
+    multirun folder it is a job of goes too when this process made it and nothing but Hydra's multirun.yaml is
+    left (the first job stopped)."""
+    key = _key(folder)
+    if secondary_process() or key not in _held or not made_here(key) or not untouched(key, log_name):
+        return False
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == key:
+            root.removeHandler(handler)
+            handler.close()
+    try:
+        shutil.rmtree(key)
+        sweep = key.parent  # a multirun folder this process made, now holding only Hydra's multirun.yaml: gone too
+        if sweep in _made and {entry.name for entry in sweep.iterdir()} <= {MULTIRUN_FILE}:
+            shutil.rmtree(sweep)
+    except OSError:
+        return not key.exists()
+    return True
 
 
 @contextmanager
@@ -239,6 +298,8 @@ class RunFolderLock(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         folder = _key(str(config.hydra.sweep.dir))
+        if not os.path.lexists(folder):
+            _made.add(folder)
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
