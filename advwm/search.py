@@ -17,7 +17,11 @@ a process killed in between left its trial RUNNING forever. The same hook theref
 - writes `trial.json` (trial number, study, parameters) into the trial's run folder and records that folder in
   the trial's user attributes (`run_folder`), so trials and folders find each other both ways.
 Stale trials are checked whenever a trial starts, so resuming a study fails the killed trial as soon as its
-grace period is over.
+grace period is over. A trial stopped by SIGTERM or SIGINT is marked FAIL at once (`fail_own_trials`).
+
+What a study optimises: the hook also records the signature of the search's settings in the study with its first
+trial (`record_signature`) and refuses a trial whose settings differ; `advwm.studies` computes the signature and,
+before a search starts, checks the storage and the study without loading optuna.
 """
 
 from __future__ import annotations
@@ -32,19 +36,36 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
+from advwm.errors import ConfigError
 from advwm.report.sweeps import _mask_password  # the report's: user:***@host, one implementation
-from advwm.run_files import io
+from advwm.run_files import io, signals
+from advwm.studies import SIGNATURE_ATTR, study_difference, study_signature
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SUBDIR = "${hydra.job.num}"  # conf/hydra/default.yaml: a multirun's run folders are <sweep dir>/<job number>
 _storages: dict[tuple[str, int, int], HeartbeatStorage] = {}
 _jobs_started: dict[str, int] = {}  # sweep folder -> trials handed to the launcher so far (= the next job number)
+_beating: dict[int, RDBStorage] = {}  # trial id -> its storage: this process's trials with a heartbeat
 
 
 def step_size_bounds(cfg: DictConfig) -> tuple[float, float]:
     search = cfg.get("step_search") or {}
     return float(search.get("low", 0.0)), float(search.get("high", 10.0))
+
+
+def record_signature(cfg: DictConfig, study: optuna.study.Study) -> None:
+    """Write the study's signature with its first trial; refuse a trial whose settings differ (a search started
+    without advwm.run's check, e.g. from Python)."""
+    current = study_signature(cfg)
+    saved = study.user_attrs.get(SIGNATURE_ATTR)
+    if saved is None:
+        study.set_user_attr(SIGNATURE_ATTR, current)
+        return
+    difference = study_difference(saved, current)
+    if difference:
+        raise ConfigError(f"study {study.study_name!r} holds trials {difference}: give this search its own study "
+                          "(study_name=...)")
 
 
 def suggest_step_sizes(cfg: DictConfig, trial: optuna.trial.Trial) -> None:
@@ -117,10 +138,24 @@ def beat(storage: RDBStorage, trial_id: int, interval: float) -> None:
 
 def start_heartbeat(storage: RDBStorage, trial_id: int, interval: float) -> threading.Thread:
     storage.record_heartbeat(trial_id)  # at once: from now on the trial's owner is provably alive or gone
+    _beating[trial_id] = storage
+    signals.at_stop(fail_own_trials)
     thread = threading.Thread(target=beat, args=(storage, trial_id, interval), daemon=True,
                               name=f"advwm-heartbeat-{trial_id}")
     thread.start()
     return thread
+
+
+def fail_own_trials() -> list[int]:
+    """Mark FAIL this process's trials still RUNNING, their numbers: a signal stopped the search
+    (`advwm.run_files.signals`), so the resumed study need not wait for their heartbeat to go stale."""
+    failed = []
+    for trial_id, storage in list(_beating.items()):
+        trial = storage.get_trial(trial_id)
+        if trial.state == TrialState.RUNNING and storage.set_trial_state(trial_id, TrialState.FAIL):
+            failed.append(trial.number)
+        _beating.pop(trial_id, None)
+    return failed
 
 
 def fail_stale_trials(storage: HeartbeatStorage, study_name: str) -> list[int]:
@@ -149,6 +184,7 @@ def keep_trial(cfg: DictConfig, trial: optuna.trial.Trial) -> None:
     folder = trial_folder(cfg)
     url = OmegaConf.select(cfg, "hydra.sweeper.storage", default=None)
     study_name = trial.study.study_name
+    record_signature(cfg, trial.study)
     if folder is not None:
         trial.set_user_attr("run_folder", str(folder.resolve()))
         io.save_json(folder / "trial.json", {"trial": trial.number, "study": study_name,

@@ -61,9 +61,12 @@ AMORTIZED = [  # scope=amortized (advwm/attacks/amortized.py, generator.py, run_
              "        checkpoint['optimizer_states'][0]['state'] = {}\n\n"
              "    def configure_optimizers(self) -> Optimizer:",
              (*AMORTIZED_SLOW, "resumed")),
-    Mutation("amortized: the generator's width not in the resume signature", "advwm/validation.py",
-             '"aggregator", "scope.width", "scope.depth", "scope.gain")', '"aggregator", "scope.depth", "scope.gain")',
-             (*AMORTIZED_SLOW, "another_generator")),
+    Mutation("amortized: a generator checkpoint checked as a perturbation", "advwm/run_files/resume.py",
+             "    return {k: v for k, v in state.items() if isinstance(k, str) and k.startswith(GENERATOR_PREFIX)}",
+             "    return {}", (*AMORTIZED_SLOW, "resumed and one-step-a-batch-inside-an-epoch")),
+    Mutation("amortized: NaN generator weights resumed", "advwm/run_files/resume.py",
+             "            return f\"its generator weight {name} holds NaN or infinite values\"", "            pass",
+             (*AMORTIZED_SLOW, "damaged_generator")),
 ]
 ENGINE = ("tests/test_engine.py", "tests/test_steps.py", "tests/test_aggregators.py", "tests/test_regularizers.py")
 MUTATIONS = [

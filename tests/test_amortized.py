@@ -364,7 +364,7 @@ def test_a_resumed_training_equals_the_uninterrupted_one(tmp_path: Path, stop: i
     """Weights and Adam's moments restored, the sampler started where the run stopped: bit for bit."""
     overrides = [f"attack.iterations={iterations}"]
     straight_weights, straight_metrics = run(tmp_path / "straight", overrides)
-    craft(compose_run(tmp_path / "stopped", [*COMMON, *overrides, f"+trainer.max_steps={stop}"]))
+    craft(compose_run(tmp_path / "stopped", [*COMMON, *overrides, f"trainer.max_steps={stop}"]))
     checkpoint = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
     saved = torch.load(checkpoint, weights_only=False)
     assert saved["global_step"] == stop and saved["optimizer_states"][0]["state"]  # Adam's moments are in it
@@ -376,10 +376,40 @@ def test_a_resumed_training_equals_the_uninterrupted_one(tmp_path: Path, stop: i
 
 @pytest.mark.slow
 def test_a_checkpoint_of_another_generator_is_refused_naming_the_key(tmp_path: Path) -> None:
-    craft(compose_run(tmp_path / "first", [*COMMON, "+trainer.max_steps=1"]))
+    craft(compose_run(tmp_path / "first", [*COMMON, "trainer.max_steps=1"]))
     checkpoint = tmp_path / "first" / "checkpoints" / "last.ckpt"
-    with pytest.raises(ConfigError, match=r"written with scope.width=4.*resume with the same scope.width"):
+    with pytest.raises(ConfigError, match=r"written with other settings than this run's: scope.width \(4 there, 8 "):
         craft(compose_run(tmp_path / "second", [*COMMON, "scope.width=8", f"ckpt_path={checkpoint}"]))
+
+
+DAMAGED = {  # a stopped amortized run's checkpoint, changed and re-digested: only the content checks can refuse it
+    "a NaN weight": (("state_dict", "generator.head.bias"), lambda t: t.fill_(float("nan")),
+                     "its generator weight generator.head.bias holds NaN or infinite values"),
+    "an infinite Adam moment": (("optimizer_states", 0, "state", 0, "exp_avg"), lambda t: t.fill_(float("inf")),
+                                "its optimiser state (optimizer_states[0].state.0.exp_avg) holds NaN or infinite"),
+    "a misshaped Adam moment": (("optimizer_states", 0, "state", 0, "exp_avg_sq"), lambda t: torch.zeros(7, 7),
+                                "is (7, 7), not shaped like a generator weight"),
+}
+
+
+@pytest.mark.slow
+def test_a_damaged_generator_checkpoint_is_refused_before_any_work_and_adams_epsilon_is_not_the_budget(
+        tmp_path: Path) -> None:
+    from test_resume_checks import _set, tampered
+
+    from advwm.run_files.resume import checkpoint_problem
+
+    craft(compose_run(tmp_path / "stopped", [*COMMON, "trainer.max_steps=1"]))
+    checkpoint = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
+    assert torch.load(checkpoint, weights_only=True)["optimizer_states"][0]["param_groups"][0]["eps"] == 1e-8
+    assert checkpoint_problem(str(checkpoint), compose_run(tmp_path / "ok", COMMON)) is None
+    for case, (where, value, words) in DAMAGED.items():
+        path = tampered(checkpoint, tmp_path / f"{case}.ckpt", _set(where, value))
+        cfg = compose_run(tmp_path / case, [*COMMON, f"ckpt_path={path}"])
+        problem = checkpoint_problem(str(path), cfg)
+        assert problem is not None and words in problem and "\n" not in problem, (case, problem)
+        with pytest.raises(ConfigError, match="ckpt_path="):
+            craft(cfg)
 
 
 REFUSED = {

@@ -37,7 +37,7 @@ def test_every_choice_composes_with_both_victims(group: str, choice: str) -> Non
         assert {"stargan", "attgan"} <= set(cfg.victims)
     else:
         assert set(cfg.victims) == {"stargan", "attgan"}
-    assert cfg.eps == 0.05 and cfg.image_size == 256
+    assert cfg.eps == 0.05 and cfg.image_size == (32 if choice == "smoke" else 256)
 
 
 @pytest.mark.parametrize("path", sorted(CONF.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONF)))
@@ -122,7 +122,8 @@ def test_every_table_row_method_composes(method: str) -> None:
     assert isinstance(instantiate(cfg.attack), BaseAttack) and isinstance(instantiate(cfg.aggregator), Aggregator)
 
 
-PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml") if p.stem not in ("demo", "protection_modes"))
+NOT_PAPERS = ("demo", "smoke", "protection_modes")
+PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml") if p.stem not in NOT_PAPERS)
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -326,3 +327,15 @@ def test_table3_base_attack_rows_and_table4_fusion_off_compose_alike_but_for_the
     cmua_row = compose_with("experiment=cmua_table3", "+method=cmua")
     fusion_on = compose_with("experiment=cmua_table4", "+fusion=cmua")
     assert _without(cmua_row, "task_name") == _without(fusion_on, "task_name")
+
+
+def test_the_smoke_preset_is_tiny_random_and_cheap() -> None:
+    """experiment=smoke: the small architectures of small.py (one table), 32 px, two iterations, random weights,
+    the cheap metrics (its time: README, Quick start; experiments/startup.py --smoke measures it)."""
+    cfg = compose_with("experiment=smoke")
+    assert list(cfg.victims) == ["stargan", "attgan"] and cfg.weights == "random"
+    assert cfg.image_size == 32 and cfg.attack.iterations == 2 and cfg.task_name == "smoke"
+    assert cfg.metrics.fid is False and cfg.metrics.liveness is False and list(cfg.metrics.robustness) == []
+    for name in cfg.victims:
+        composed = OmegaConf.to_container(cfg.victims[name].arch)
+        assert {key: composed[key] for key in SMALL_ARCHITECTURES[name]} == SMALL_ARCHITECTURES[name], name

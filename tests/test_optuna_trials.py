@@ -111,12 +111,15 @@ def test_a_trial_killed_mid_run_is_failed_when_the_study_resumes(tmp_path: Path)
               "weights=random", "logger=csv", "metrics=fast", "image_size=32", "victims.stargan.arch.conv_dim=8",
               "victims.stargan.arch.repeat_num=1", "attack.iterations=1", "data.craft=[astronaut]",
               "data.evaluate=[grace_hopper]", "checkpoint_every=1", "trial_heartbeat.interval=1",
-              "trial_heartbeat.grace_period=2", f"paths.log_dir={tmp_path}"]
+              "trial_heartbeat.grace_period=2", f"paths.log_dir={tmp_path}",
+              # long enough to be killed mid-run, short enough to finish when resumed; the same in both invocations
+              # (a study refuses trials scored with other settings: advwm.search.study_signature)
+              "trainer.max_epochs=100000", "trainer.max_steps=100"]
     url = f"sqlite:///{tmp_path / 'optuna' / 'cmua_stargan.db'}"
     env = {**os.environ, "WANDB_MODE": "offline"}
     log = tmp_path / "first.txt"
-    with log.open("w") as output:  # a trial that would run for hours
-        first = subprocess.Popen([sys.executable, "-m", "advwm.run", *search, "trainer.max_epochs=100000"], cwd=REPO,
+    with log.open("w") as output:  # a trial of 100 iterations, killed after its first
+        first = subprocess.Popen([sys.executable, "-m", "advwm.run", *search], cwd=REPO,
                                  env=env, stdout=output, stderr=output)
     try:
         while not list(tmp_path.glob("craft/multiruns/*/0/checkpoints/last.ckpt")):  # mid-run (no time limit)
@@ -130,7 +133,7 @@ def test_a_trial_killed_mid_run_is_failed_when_the_study_resumes(tmp_path: Path)
     assert trial.state == TrialState.RUNNING  # what optuna alone leaves behind, forever
     time.sleep(2 + 2)  # the grace period, and a beat more: nothing beats for the killed trial any more
 
-    resumed = subprocess.run([sys.executable, "-m", "advwm.run", *search, "trainer.max_epochs=1"], cwd=REPO, env=env,
+    resumed = subprocess.run([sys.executable, "-m", "advwm.run", *search], cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=1800)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     trials = optuna.load_study(study_name="cmua_stargan", storage=url).trials

@@ -160,7 +160,7 @@ def test_a_stopped_per_image_run_keeps_its_photos_and_the_resumed_run_writes_the
     out = tmp_path / "run"
     overrides = ["+victims=[stargan]", "weights=random", "scope=per_image", "data=folder", f"data.root={folder}",
                  "attack.iterations=2", "data.batch_size=1", "checkpoint_every=1", *small("stargan")]
-    stopped = compose_run(out, [*overrides, "+trainer.max_steps=2"])  # the first photo's 2 iterations only
+    stopped = compose_run(out, [*overrides, "trainer.max_steps=2"])  # the first photo's 2 iterations only
     craft(stopped)
     rows = table(out / "protected" / "protection.csv")
     assert rows["face.jpg"]["status"] == "protected" and "portrait.jpg" not in rows  # kept; the next one not begun

@@ -214,7 +214,7 @@ def test_a_parent_folder_gives_one_section_per_sweep_with_its_own_settings(tmp_p
         assert not re.search(f"<th>[^<]*{re.escape(internal)}", page), internal  # never a column
     assert "id='sweep-1'>ablation/multiruns/t2</h2>" in page and "id='sweep-2'>craft/multiruns/t1</h2>" in page
     stdout = subprocess.run([sys.executable, "-m", "advwm.report", str(tmp_path), "--out", str(tmp_path / "o2")],
-                            cwd=REPO, capture_output=True, text=True, timeout=600).stdout
+                            cwd=REPO, capture_output=True, text=True, timeout=1800).stdout
     assert "ablation/multiruns/t2: sr_mask\n| method | stargan |" in stdout
     assert "craft/multiruns/t1: sr_mask\n| method | stargan | mean |" in stdout
     assert "13 runs (1 refused, 1 failed)" in stdout
@@ -329,7 +329,7 @@ def test_the_pages_fit_1400_px_for_one_sweep_two_sweeps_and_a_search(search: Pat
 def _imported(*args: str) -> set[str]:
     """The top-level packages `python -X importtime <args>` imported (its stderr lists every import)."""
     done = subprocess.run([sys.executable, "-X", "importtime", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=1800)
     assert done.returncode == 0, done.stderr[-2000:]
     return {line.split("|")[-1].strip().split(".")[0] for line in done.stderr.splitlines()
             if line.startswith("import time:") and "|" in line}

@@ -159,7 +159,7 @@ def hostile_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]
     out = root / "out"
     done = subprocess.run([sys.executable, "-m", "advwm.report", str(root / "runs"), "--out", str(out), "--title",
                            TITLE, "--study", storage, "--study-name", STUDY], cwd=REPO, capture_output=True,
-                          timeout=900, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+                          timeout=1800, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
     assert done.returncode == 0, done.stderr.decode(errors="replace")[-3000:]
     return out, done.stdout.decode("utf-8")
 

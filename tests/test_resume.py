@@ -1,15 +1,17 @@
 """Resuming gives exactly what the uninterrupted run gives (issue: a resumed run crafted on the wrong faces).
 
-Each case runs straight through, then again stopped after k iterations (`+trainer.max_steps=k`, a
+Each case runs straight through, then again stopped after k iterations (`trainer.max_steps=k`, a
 checkpoint every iteration, as a kill would leave it), then resumed from that run's last.ckpt: the resumed
 watermark.pt must equal the straight one bit for bit and metrics.json must hold the same values, for a stop
 inside a batch and one at a batch boundary, for both scopes and for base attacks with state (momentum,
-APGD's schedule and best point, DI2's draws). A checkpoint of another config is refused with one line.
+APGD's schedule and best point, DI2's draws). A checkpoint of another config is refused with one line naming the
+settings that differ (tests/test_resume_checks.py: every key of the config, and what a checkpoint holds).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -50,7 +52,7 @@ def run(folder: Path, overrides: list[str]) -> tuple[torch.Tensor, dict]:
 def test_a_resumed_run_equals_the_uninterrupted_one(tmp_path: Path, case: str, stop: int) -> None:
     overrides = CASES[case]
     straight, straight_metrics = run(tmp_path / "straight", overrides)
-    craft(compose_run(tmp_path / "stopped", [*COMMON, *overrides, f"+trainer.max_steps={stop}"]))
+    craft(compose_run(tmp_path / "stopped", [*COMMON, *overrides, f"trainer.max_steps={stop}"]))
     checkpoint = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
     assert torch.load(checkpoint, weights_only=False)["global_step"] == stop
     resumed, resumed_metrics = run(tmp_path / "resumed", [*overrides, f"ckpt_path={checkpoint}"])
@@ -62,18 +64,24 @@ def test_a_resumed_run_equals_the_uninterrupted_one(tmp_path: Path, case: str, s
 def test_the_released_loop_resumes_at_a_batch_boundary(tmp_path: Path) -> None:
     overrides = ["aggregator=cmua_reference"]  # one step per batch: 2 steps
     straight, straight_metrics = run(tmp_path / "straight", overrides)
-    craft(compose_run(tmp_path / "stopped", [*COMMON, *overrides, "+trainer.max_steps=1"]))
+    craft(compose_run(tmp_path / "stopped", [*COMMON, *overrides, "trainer.max_steps=1"]))
     resumed, resumed_metrics = run(tmp_path / "resumed", [*overrides,
                                                           f"ckpt_path={tmp_path / 'stopped/checkpoints/last.ckpt'}"])
     assert torch.equal(resumed, straight) and resumed_metrics == straight_metrics
 
 
-@pytest.mark.parametrize(("override", "key"), [("image_size=64", "image_size"), ("eps=0.04", "eps"),
-                                                ("scope=per_image", "scope"), ("data.batch_size=1", "data.batch_size"),
-                                                ("+victims=[attgan]", "victims")])
+@pytest.mark.parametrize(("override", "key"), [("image_size=64", "image_size (32 there, 64 here)"),
+                                                ("eps=0.04", "eps (0.05 there, 0.04 here)"),
+                                                ("scope=per_image", "scope (Universal there, PerImage here)"),
+                                                ("data.batch_size=1", "data.batch_size (2 there, 1 here)"),
+                                                ("+victims=[attgan]", "victims.attgan (unset there, set here)"),
+                                                ("attack.step_size=0.05", "attack.step_size (0.01 there, 0.05 here)"),
+                                                ("eot=sharing", "eot (None there, SharingEOT here)")])
 def test_a_checkpoint_of_another_config_is_refused_naming_the_key(tmp_path: Path, override: str, key: str) -> None:
-    craft(compose_run(tmp_path / "first", [*COMMON, "+trainer.max_steps=1"]))
+    craft(compose_run(tmp_path / "first", [*COMMON, "trainer.max_steps=1"]))
     checkpoint = tmp_path / "first" / "checkpoints" / "last.ckpt"
     extra = small("attgan") if "attgan" in override else []
-    with pytest.raises(ConfigError, match=rf"written with {key}=.*resume with the same {key}"):
+    with pytest.raises(ConfigError, match=rf"^ckpt_path={checkpoint}: the checkpoint was written with other settings "
+                                          rf"than this run's: {re.escape(key)}"):
         craft(compose_run(tmp_path / "second", [*COMMON, override, *extra, f"ckpt_path={checkpoint}"]))
+    assert not (tmp_path / "second").exists()  # refused before any work: nothing written

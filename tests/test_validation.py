@@ -73,32 +73,6 @@ def test_several_problems_are_one_line(tmp_path: Path) -> None:
     assert message.index("eps=0") < message.index("data.batch_size=0") < message.index("attack.step_size=nan")
 
 
-def _checkpoint(path: Path, side: int) -> Path:
-    torch.save({"state_dict": {"perturbation": torch.zeros(1, 3, side, side)}, "epoch": 0}, path)
-    return path
-
-
-def test_ckpt_path_must_be_an_advwm_checkpoint_of_this_image_size(tmp_path: Path) -> None:
-    def problem(path: Path) -> str:
-        found = [p for p in config_problems(compose_run(tmp_path, [*STARGAN, "image_size=32", f"ckpt_path={path}"]))
-                 if p.startswith("ckpt_path")]
-        return found[0] if found else ""
-
-    assert problem(_checkpoint(tmp_path / "good.ckpt", 32)) == ""
-    assert problem(tmp_path / "missing.ckpt") == (f"ckpt_path={tmp_path / 'missing.ckpt'}: no such file: give the "
-                                                  "checkpoints/last.ckpt of an earlier run, or leave ckpt_path unset")
-    (tmp_path / "notes.txt").write_text("not a checkpoint")
-    assert problem(tmp_path / "notes.txt").startswith(f"ckpt_path={tmp_path / 'notes.txt'} is not a checkpoint of "
-                                                      "an advwm run (")
-    whole = _checkpoint(tmp_path / "whole.ckpt", 32).read_bytes()
-    (tmp_path / "half.ckpt").write_bytes(whole[: len(whole) // 2])
-    assert "is not a checkpoint of an advwm run" in problem(tmp_path / "half.ckpt")
-    torch.save({"G": torch.zeros(3)}, tmp_path / "weights.pth")
-    assert "is not a checkpoint of an advwm run (KeyError: " in problem(tmp_path / "weights.pth")
-    assert problem(_checkpoint(tmp_path / "other.ckpt", 64)) == (
-        f"ckpt_path={tmp_path / 'other.ckpt'} holds a 64x64 perturbation but image_size=32: resume with image_size=64")
-
-
 # ---- image size per victim ------------------------------------------------------------------------------------------
 
 def _stargan(size: int):

@@ -131,6 +131,42 @@ def test_check_victim_name_at_default_path(tmp_path: Path, capsys: pytest.Captur
     assert code == 1 and "no file at" in out and get_spec("hisd").source in out
 
 
+def test_the_catalog_that_list_reads_without_torch_equals_the_networks_built_on_meta() -> None:
+    from advwm.weights.catalog import NETWORKS, VICTIMS
+    from advwm.weights.cli import arch_text
+    from advwm.weights.layout import layout
+
+    assert VICTIMS == VICTIM_NAMES
+    for name in VICTIM_NAMES:
+        built = layout(name)  # the registry's default arch on the meta device
+        recorded = NETWORKS[name]
+        assert (recorded.network, recorded.n_parameters, recorded.fp32_bytes) == (
+            built.network, built.n_parameters, built.fp32_bytes), name
+        assert recorded.arch_text == arch_text(get_spec(name).default_arch), name
+        brute = load_generator(name) if name == "stargan" else None  # one real allocation, counted by hand
+        if brute is not None:
+            assert recorded.n_parameters == sum(p.numel() for p in brute.parameters())
+
+
+def test_check_fails_a_file_whose_weights_are_not_finite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "200000-G.ckpt"
+    net = _save_stargan(path)
+    state = net.state_dict()
+    state["main.0.weight"] = torch.full_like(state["main.0.weight"], float("nan"))
+    state["main.1.weight"][0] = float("inf")
+    torch.save(state, path)
+    code, out, _ = _run(capsys, "check", str(path), "--victim", "stargan", *STARGAN_ARGS)
+    assert code == 1, out
+    assert out.startswith("FAIL stargan")
+    n_first = state["main.0.weight"].numel()
+    assert (f"2 keys hold values that are not finite (NaN or inf): main.0.weight ({n_first} of {n_first}), "
+            f"main.1.weight (1 of {state['main.1.weight'].numel()})") in out
+    # every weight NaN: still recognised as StarGAN's layout (keys and shapes), and still refused
+    torch.save({k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()}, path)
+    code, out, _ = _run(capsys, "check", str(path), *STARGAN_ARGS)
+    assert code == 1 and "best match stargan" in out and "FAIL stargan" in out and "not finite" in out
+
+
 def test_check_path_guesses_the_victim(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     stargan_file = tmp_path / "some_generator.pt"
     _save_stargan(stargan_file)

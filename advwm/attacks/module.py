@@ -38,7 +38,7 @@ from advwm.attacks.regularizers import Regularizer
 from advwm.attacks.scopes import Scope
 from advwm.attacks.steps import BaseAttack, SignStepAttack
 from advwm.errors import ConfigError
-from advwm.validation import signature_difference
+from advwm.run_files.resume import DIGEST_KEY, SIGNATURE_VERSION, checkpoint_digest, loaded_checkpoint_problem
 from advwm.victims.execution import check_precision
 
 log = logging.getLogger(__name__)
@@ -138,11 +138,20 @@ class WatermarkAttack(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["advwm_iteration"] = self.iteration
         checkpoint["advwm_signature"] = dict(self.signature)
+        checkpoint["advwm_signature_version"] = SIGNATURE_VERSION
+        checkpoint[DIGEST_KEY] = checkpoint_digest(checkpoint)  # Lightning calls this hook last: over everything
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        difference = signature_difference(checkpoint.get("advwm_signature", {}), self.signature)
-        if difference:  # the pipeline checks this before any work; this guards the Python API too
-            raise ConfigError(difference)
+        """The pipeline checked the file before any work (`advwm.run_files.resume`); this guards the Python API too:
+        the same settings, a sound perturbation and attack state, or one line naming ckpt_path."""
+        path = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
+        perturbation = getattr(self, "perturbation", None)  # scope=amortized trains a generator instead
+        problem = loaded_checkpoint_problem(checkpoint, path, self.signature or None, eps=self.eps,
+                                            image_size=self.image_size,
+                                            rows=None if perturbation is None else int(perturbation.shape[0]),
+                                            digest=False)
+        if problem:
+            raise ConfigError(problem)
         self.iteration = int(checkpoint.get("advwm_iteration", 0))
         saved_rows = checkpoint.get("state_dict", {}).get("perturbation")
         if saved_rows is not None:  # a per-image checkpoint taken in a smaller last batch

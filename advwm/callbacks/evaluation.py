@@ -146,6 +146,13 @@ class Judge:
                 self.metrics["ssim"].update(protected, x)
         self.images += x.shape[0]
 
+    def reset(self) -> None:
+        """Forget everything judged (a held-out pass starts afresh, whatever a checkpoint taken while judging held)."""
+        for metric in self.all_metrics().values():
+            metric.reset()
+        self.samples = {}
+        self.images = 0
+
     def results(self, trainer: Trainer | None = None) -> dict[str, Any]:
         """Flat values. Under DDP every process must call this (metrics synchronise on compute)."""
         flat: dict[str, Any] = {}
@@ -273,9 +280,14 @@ class EvaluationCallback(Callback):
             logger.log_metrics({f"periodic/{k}": v for k, v in values.items()}, step=trainer.global_step)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.judge_held_out(trainer, pl_module)
+
+    def judge_held_out(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Universal scope: judge the finished watermark on the held-out faces (per image: judged while crafting)."""
         if not pl_module.scope.judges_held_out:
             return
         assert self.judge is not None
+        self.judge.reset()
         loader = trainer.datamodule.eval_dataloader()
         ticks = len(pl_module.victims) * (1 + len(self.settings.robustness))  # per batch: victims, then each shared
         with evaluation_bar(len(loader) * ticks, self._description()) as bar:

@@ -11,9 +11,11 @@ sources (the demo faces, CelebA) have no photo to paste into: their protected cr
 (eps, image size, victims and whether their weights were official or random, the config), so that
 `python -m advwm.protect` can check the file and warn about a watermark crafted against random victims.
 
-On an exception (a NaN, a bad image, Ctrl-C) the perturbation crafted so far is still saved, as
-`watermark.partial.pt`, so no finished work is lost; a run that never took a step has nothing to save and
-writes none. Every file is written atomically (`advwm.run_files.io`): a kill or a full disk never leaves half a file.
+`watermark.pt` and `checkpoints/last.ckpt` are written the moment crafting ends, before the evaluation judges
+anything. On an exception before that (a NaN, a bad image, a signal) the perturbation crafted so far is still
+saved, as `watermark.partial.pt`, so no finished work is lost; a run that never took a step has nothing to save
+and writes none. Every file is written atomically (`advwm.run_files.io`): a kill or a full disk never leaves half
+a file.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from advwm.data.transforms import to_unit_range
 from advwm.metrics.sr_mask import masked_l2
 from advwm.protect.photos import output_name
 from advwm.protect.run_photos import RunPhotos
-from advwm.run_files import io
+from advwm.run_files import io, signals
 from advwm.run_files.generator_file import payload as generator_payload
 from advwm.run_files.watermark_file import payload as watermark_payload
 
@@ -97,6 +99,7 @@ class WatermarkExport(Callback):
         self.names: list[str] = []
         self.photos: RunPhotos | None = None
         self.photos_written: list[str] = []
+        self.final_saved = False  # watermark.pt written for the finished crafting
 
     @property
     def protected_dir(self) -> Path:
@@ -173,11 +176,20 @@ class WatermarkExport(Callback):
         return path
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Crafting has ended (its last iteration wrote checkpoints/last.ckpt: `advwm.run_files.signals.IterationEnd`):
+        `watermark.pt`/`.png` now, before anything is judged (the pipeline puts this callback first), so a kill while
+        judging keeps both; from here a signal stops the run at once."""
+        self.crafting_ended(trainer, pl_module)
+        signals.set_phase("judging" if pl_module.scope.judges_held_out else "saving the results")
+
+    def crafting_ended(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Write the finished watermark (also when a run resumes a checkpoint whose crafting had ended)."""
         if trainer.is_global_zero:
             self.save(pl_module)
+        self.final_saved = True
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        if not trainer.is_global_zero:
+        if not trainer.is_global_zero or self.final_saved:  # watermark.pt is written: nothing partial to add
             return
         if int(pl_module.iteration) == 0 and not self.per_image:
             log.error("run stopped (%s) before its first step: no watermark to save", type(exception).__name__)
@@ -188,7 +200,8 @@ class WatermarkExport(Callback):
             log.error("run stopped (%s); the watermark crafted so far could not be saved: %s",
                       type(exception).__name__, error)
             return
-        log.error("run stopped (%s); the watermark crafted so far is in %s", type(exception).__name__, path)
+        level = logging.INFO if isinstance(exception, signals.RunStopped) else logging.ERROR  # its line names it
+        log.log(level, "run stopped (%s); the watermark crafted so far is in %s", type(exception).__name__, path)
 
     def save_grids(self, samples: dict[str, dict[str, torch.Tensor]],
                    condition_names: dict[str, list[str]] | None = None) -> list[Path]:

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 SUMMARY_FILE = "summary.txt"
+SEARCH_HOOK = "advwm.search.suggest_step_sizes"  # conf/hparams_search: the sweeper's search-space hook
 
 
 def _cell(value: Any, digits: int = 3) -> str:
@@ -26,19 +27,21 @@ def _cell(value: Any, digits: int = 3) -> str:
     return fmt_number(value, digits)
 
 
-def summary_table(sweep_dir: Path, metric: str = "sr_mask") -> str:
-    """One row per run under `sweep_dir` (failed ones say so): the metric per victim, its mean, the seconds."""
+def summary_table(sweep_dir: Path, metric: str = "sr_mask", objective: str | None = None) -> str:
+    """One row per run under `sweep_dir` (failed ones say so): the metric per victim, its mean, the objective (a
+    search's, when it is not among those columns), the seconds; a search whose trials all tie says so below."""
     from advwm.report import collect, metric_columns
     from advwm.report.text import console_text
 
     runs = collect([sweep_dir])
     columns = metric_columns(runs, metric)
-    headers = ["run", "method", *[c.split("/", 1)[-1] for c in columns], "seconds"]
+    extra = [objective] if objective and objective not in columns else []
+    headers = ["run", "method", *[c.split("/", 1)[-1] for c in columns], *extra, "seconds"]
     rows = []
     for run in runs:
         number = run.path.name
         if run.failed:
-            rows.append([number, console_text(run.label), *["–"] * len(columns),
+            rows.append([number, console_text(run.label), *["–"] * (len(columns) + len(extra)),
                          console_text(f"FAILED: {run.error}")])
             continue
         values = [_cell(run.metrics.get(c)) for c in columns]
@@ -46,13 +49,22 @@ def summary_table(sweep_dir: Path, metric: str = "sr_mask") -> str:
             finite = [float(v) for v in values[:-1] if v != "–"]
             values[-1] = _cell(sum(finite) / len(finite) if finite else math.nan)
         rows.append([number, console_text(run.label) + (" †" if run.random_victims else ""), *values,
-                     _cell(run.metrics.get("seconds"), 0)])
+                     *[_cell(run.metrics.get(key), 4) for key in extra], _cell(run.metrics.get("seconds"), 0)])
     widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
     lines = ["  ".join(str(cell).ljust(widths[i]) if i < 2 else str(cell).rjust(widths[i])
                        for i, cell in enumerate(row)) for row in [headers, *rows]]
     lines.insert(1, "-" * len(lines[0]))
-    if any(run.random_victims for run in runs if not run.failed):
+    finished = [run for run in runs if not run.failed]
+    if any(run.random_victims for run in finished):
         lines.append("† random victims: the numbers show the machinery, not protection")
+    if objective:
+        from advwm.report.tables import as_number
+        from advwm.studies import tie_warning
+
+        values = [as_number(run.metrics.get(objective)) for run in finished]
+        warning = tie_warning(values, objective, any(run.random_victims for run in finished))
+        if warning:
+            lines.append(f"warning: {warning}")
     return "\n".join(lines)
 
 
@@ -66,11 +78,16 @@ class MultirunSummary(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir)).expanduser().resolve()
         if not sweep_dir.is_dir():
             return
+        search = OmegaConf.select(config, "hydra.sweeper.custom_search_space", default=None) == SEARCH_HOOK
+        objective = str(config.get("objective", "sr_mask/mean")) if search else None
         try:
-            table = summary_table(sweep_dir, self.metric)
+            table = summary_table(sweep_dir, self.metric, objective)
         except Exception as error:  # noqa: BLE001  (a summary must never turn a finished multirun into a failure)
             table = f"(no summary table: {type(error).__name__}: {error})"
-        text = (f"\n{self.metric} over the runs of this multirun:\n{table}\n\nmultirun folder: {sweep_dir}\n"
+        minimise = str(OmegaConf.select(config, "hydra.sweeper.direction", default="maximize")) == "minimize"
+        heading = f"{self.metric} over the runs of this multirun" + (
+            f" (a search: it {'minimised' if minimise else 'maximised'} {objective})" if objective else "")
+        text = (f"\n{heading}:\n{table}\n\nmultirun folder: {sweep_dir}\n"
                 f"full report (every metric, charts, per condition): python -m advwm.report {sweep_dir}")
         print(text, flush=True)
         try:

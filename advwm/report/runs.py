@@ -119,7 +119,8 @@ def _last_error(folder: Path) -> str | None:
 
 
 def _crafted_anything(folder: Path) -> bool:
-    return (folder / "watermark.partial.pt").is_file() or any((folder / "checkpoints").glob("*.ckpt"))
+    partial = ("watermark.partial.pt", "generator.partial.pt")  # generator: scope=amortized
+    return any((folder / name).is_file() for name in partial) or any((folder / "checkpoints").glob("*.ckpt"))
 
 
 def _read_metrics(folder: Path) -> tuple[dict[str, Any], str | None, bool]:

@@ -16,6 +16,7 @@ from torch import nn
 from advwm.victims import aggan, attgan, hisd, stargan, stgan, ugatit
 from advwm.victims.base import Mode, Victim, freeze, set_mode
 from advwm.victims.checkpoints import checkpoint_path, load_checkpoint_into
+from advwm.weights.catalog import spec_fields
 
 
 @dataclass(frozen=True)
@@ -64,24 +65,15 @@ class VictimSpec:
 SPECS: dict[str, VictimSpec] = {
     "stargan": VictimSpec(
         name="stargan",
+        **spec_fields("stargan"),
         network_cls=stargan.Generator,
         victim_cls=stargan.StarGANVictim,
         default_arch={"conv_dim": 64, "c_dim": 5, "repeat_num": 6},
         container_keys=(),
-        checkpoint_file="200000-G.ckpt",
-        source=(
-            "Get the official StarGAN CelebA 256x256 5-attribute generator '200000-G.ckpt' "
-            "(a bare state_dict): "
-            "yunjey/stargan `bash download.sh pretrained-celeba-256x256` -> stargan_celeba_256/models/"
-            "200000-G.ckpt, or the CMUA-Watermark weights release (VDIGPKU/CMUA-Watermark README, "
-            "weights/stargan/)."
-        ),
-        # yunjey/stargan download.sh (pretrained-celeba-256x256); dl=1 is Dropbox's direct-download switch
-        url="https://www.dropbox.com/s/zdq6roqf63m0v5f/celeba-256x256-5attrs.zip?dl=1",
-        url_member="200000-G.ckpt",
     ),
     "attgan": VictimSpec(
         name="attgan",
+        **spec_fields("attgan"),
         network_cls=attgan.Generator,
         victim_cls=attgan.AttGANVictim,
         default_arch={
@@ -99,34 +91,19 @@ SPECS: dict[str, VictimSpec] = {
             "img_size": 256,
         },
         container_keys=("G",),
-        checkpoint_file="weights.199.pth",
-        source=(
-            "Get the official AttGAN generator 'weights.199.pth' ({'G': state_dict}) of experiment "
-            "256_shortcut1_inject0_none: the CMUA-Watermark weights release (VDIGPKU/CMUA-Watermark README, "
-            "weights/AttGAN/ -> AttGAN/output/256_shortcut1_inject0_none/checkpoint/) or the pretrained "
-            "models linked from elvisyjlin/AttGAN-PyTorch's README."
-        ),
         image_size_arch_key="img_size",
     ),
     "aggan": VictimSpec(
         name="aggan",
+        **spec_fields("aggan"),
         network_cls=aggan.Generator,
         victim_cls=aggan.AGGANVictim,
         default_arch={"conv_dim": 64, "c_dim": 5, "repeat_num": 6},
         container_keys=(),
-        checkpoint_file="200000-G.ckpt",
-        source=(
-            "Get the AttentionGAN-v1-multi CelebA 256x256 5-attribute generator '200000-G.ckpt' "
-            "(a bare state_dict): the CMUA-Watermark weights release (VDIGPKU/CMUA-Watermark README, "
-            "weights/AttentionGAN/ -> AttentionGAN/AttentionGAN_v1_multi/checkpoints/celeba_256_pretrained/), "
-            "or Ha0Tang/AttentionGAN `AttentionGAN-v1-multi/download_pretrained.sh celeba_256`."
-        ),
-        # Ha0Tang/AttentionGAN AttentionGAN-v1-multi/download_pretrained.sh celeba_256 (a .tar.gz)
-        url="http://disi.unitn.it/~hao.tang/uploads/models/AttentionGAN/celeba_256_pretrained.tar.gz",
-        url_member="200000-G.ckpt",
     ),
     "stgan": VictimSpec(
         name="stgan",
+        **spec_fields("stgan"),
         network_cls=stgan.Generator,
         victim_cls=stgan.STGANVictim,
         default_arch={
@@ -138,45 +115,25 @@ SPECS: dict[str, VictimSpec] = {
             "one_more_conv": True,
         },
         container_keys=("state_dict",),
-        checkpoint_file="G_200000.pth.tar",
-        source=(
-            "STGAN (bluestyle97/STGAN-pytorch) publishes no pretrained weights (its issue #5): train it with "
-            "that repo's `main.py --config configs/train_stgan.yaml` (13 attributes, g_layers 5, shortcut_layers "
-            "3, use_stu, one_more_conv) and use 'G_<iter>.pth.tar' from the experiment's checkpoints folder "
-            "({'state_dict': ..., 'optimizer': ...}, 'module.'-prefixed after multi-GPU training)."
-        ),
         default_image_size=128,
     ),
     "ugatit": VictimSpec(
         name="ugatit",
+        **spec_fields("ugatit"),
         network_cls=ugatit.ResnetGenerator,
         victim_cls=ugatit.UGATITVictim,
         default_arch={"input_nc": 3, "output_nc": 3, "ngf": 64, "n_blocks": 4, "img_size": 256, "light": False},
         container_keys=("genA2B",),
-        checkpoint_file="selfie2anime_params_1000000.pt",
-        source=(
-            "U-GAT-IT (znxlwm/UGATIT-pytorch) publishes no PyTorch weights (the paper's selfie2anime weights "
-            "are TensorFlow, taki0112/UGATIT): train it with that repo's `main.py --dataset <name>` "
-            "(add --light True for the light variant) and use '<name>_params_<step:07d>.pt' or "
-            "'<name>_params_latest.pt' (a dict holding 'genA2B', 'genB2A' and the discriminators)."
-        ),
         image_size_arch_key="img_size",
         container_key_for=lambda options: ugatit.container_key(str(options.get("direction", "A2B"))),
     ),
     "hisd": VictimSpec(
         name="hisd",
+        **spec_fields("hisd"),
         network_cls=hisd.Generator,
         victim_cls=hisd.HiSDVictim,
         default_arch={"yaml": hisd.DEFAULT_CONFIG},
         container_keys=("gen_test",),
-        checkpoint_file="gen_00600000.pt",
-        source=(
-            "Get the official HiSD CelebA-HQ 256x256 checkpoint (configs/celeba-hq_256.yaml; a dict "
-            "{'gen', 'gen_test'}, 'gen_test' is used): 'gen_00600000.pt' of the CMUA-Watermark weights release "
-            "(VDIGPKU/CMUA-Watermark README, weights/HiSD/ -> HiSD/), or the author's 256 px release "
-            "'checkpoint_256_celeba-hq.pt' (imlixinyang/HiSD, same layout; its 128 px "
-            "'checkpoint_128_celeba-hq.pt' needs arch.yaml=celeba-hq.yaml)."
-        ),
     ),
 }
 

@@ -1,4 +1,5 @@
-"""Checking a file against a victim's layout (or guessing the victim): missing, unexpected, mis-shaped keys."""
+"""Checking a file against a victim's layout (or guessing the victim): missing, unexpected, mis-shaped keys, and
+values that are not finite (a file of NaN weights has every key and shape right and makes every output NaN)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ class Comparison:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     misshaped: list[str] = field(default_factory=list)
+    nonfinite: list[str] = field(default_factory=list)  # keys whose values hold NaN or inf, with how many
     matched_keys: int = 0
     matched_shapes: int = 0
     error: str | None = None  # the file holds nothing usable for this victim
@@ -31,7 +33,8 @@ class Comparison:
 
     @property
     def ok(self) -> bool:
-        return self.error is None and self.note is None and not (self.missing or self.unexpected or self.misshaped)
+        return self.error is None and self.note is None and not (
+            self.missing or self.unexpected or self.misshaped or self.nonfinite)
 
     def score(self, expected: int) -> float:
         """0..1: how much of the union of keys agrees (key present on both sides, then shape equal)."""
@@ -51,8 +54,18 @@ class Comparison:
             lines.append(f"{where}{len(self.unexpected)} unexpected keys: {listing(self.unexpected)}")
         if self.misshaped:
             lines.append(f"{where}{len(self.misshaped)} mis-shaped keys: {listing(self.misshaped)}")
+        if self.nonfinite:
+            lines.append(f"{where}{len(self.nonfinite)} keys hold values that are not finite (NaN or inf): "
+                         f"{listing(self.nonfinite)}")
         return lines
 
+
+
+def nonfinite_count(value: object) -> int:
+    """How many entries of a floating-point tensor are NaN or inf (0 for anything else)."""
+    if not torch.is_tensor(value) or not (value.is_floating_point() or value.is_complex()):
+        return 0
+    return int((~torch.isfinite(value)).sum())
 
 
 def _compare_state(victim: str, lay: Layout, state: Mapping[str, torch.Tensor], container: str | None) -> Comparison:
@@ -68,6 +81,9 @@ def _compare_state(victim: str, lay: Layout, state: Mapping[str, torch.Tensor], 
             cmp.matched_shapes += 1
         else:
             cmp.misshaped.append(f"{key} {list(got)} vs expected {list(shape)}")
+        bad = nonfinite_count(state[key])
+        if bad:
+            cmp.nonfinite.append(f"{key} ({bad} of {state[key].numel()})")
     cmp.unexpected = [k for k in state if k not in lay.shapes]
     return cmp
 

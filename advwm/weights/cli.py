@@ -1,4 +1,8 @@
-"""`python -m advwm.weights list|check|fetch`: the command line."""
+"""`python -m advwm.weights list|check|fetch`: the command line.
+
+`list` and `--help` answer from `advwm.weights.catalog` without loading torch; `check` and `fetch` import what
+needs it (the networks' layouts, the safe loader) when they run.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +13,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from advwm.victims.registry import SPECS, VICTIM_NAMES, get_spec
-from advwm.weights.check import check_file
+from advwm.weights.catalog import FILES, NETWORKS, VICTIMS, official_file
 from advwm.weights.errors import ToolError, one_line
-from advwm.weights.fetch import fetch
-from advwm.weights.layout import container_text, layout, parse_arch
 from advwm.weights.paths import default_path, weights_dir
 
 PROG = "python -m advwm.weights"
 
 
-def _arch_text(arch: Mapping[str, Any]) -> str:
+def arch_text(arch: Mapping[str, Any]) -> str:
+    """`conv_dim=64, c_dim=5`: an architecture as `list` shows it (and `catalog.NETWORKS` records it)."""
     return ", ".join(f"{k}={v}" for k, v in arch.items())
 
 
@@ -30,37 +32,39 @@ def cmd_list(args: argparse.Namespace) -> int:
     else:
         origin = "$ADVWM_ROOT/weights" if "ADVWM_ROOT" in os.environ else "default: <project root>/weights"
     print(f"weights dir: {root} ({origin}; paths.weights_dir in conf/paths/default.yaml)")
-    for name, spec in SPECS.items():
-        lay = layout(name)
+    for name, entry in FILES.items():
+        network = NETWORKS[name]
         path = default_path(name, args.weights_dir)
         state = "present" if path.is_file() else "absent"
-        if spec.url:
-            download = spec.url + (f" (archive member {spec.url_member})" if spec.url_member else "")
+        if entry.url:
+            download = entry.url + (f" (archive member {entry.url_member})" if entry.url_member else "")
         else:
             download = "none: see source"
         print(f"\n{name}")
-        print(f"  file:      {spec.checkpoint_file}")
-        print(f"  container: {container_text(spec)}")
+        print(f"  file:      {entry.checkpoint_file}")
+        print(f"  container: {entry.container}")
         print(f"  default:   {path} [{state}]")
         print(
-            f"  network:   {lay.network}, {lay.n_parameters:,} parameters, {lay.fp32_bytes / 2**20:.1f} MiB fp32 "
-            f"(full size: {_arch_text(spec.default_arch)})"
+            f"  network:   {network.network}, {network.n_parameters:,} parameters, "
+            f"{network.fp32_bytes / 2**20:.1f} MiB fp32 (full size: {network.arch_text})"
         )
         print(f"  download:  {download}")
-        print(f"  source:    {spec.source}")
+        print(f"  source:    {entry.source}")
     print(f"\nVerify a file with `{PROG} check <victim|path>`; `{PROG} fetch <victim>` downloads direct URLs.")
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from advwm.weights.check import check_file  # torch: only when checking
+
     targets = list(args.targets)
     skip_absent = not targets
     if skip_absent:
-        targets = list(VICTIM_NAMES)
+        targets = list(VICTIMS)
     failed = checked = 0
     for target in targets:
         as_path = Path(target).expanduser()
-        if target in SPECS and not as_path.is_file():
+        if target in FILES and not as_path.is_file():
             path, victim = default_path(target, args.weights_dir), target
             if args.victim and args.victim != target:
                 print(f"error: --victim {args.victim} contradicts the victim name {target}", file=sys.stderr)
@@ -69,7 +73,7 @@ def cmd_check(args: argparse.Namespace) -> int:
                 if skip_absent:
                     print(f"absent {victim}: {path}")
                     continue
-                print(f"FAIL {victim}: no file at {path}. {get_spec(victim).source}")
+                print(f"FAIL {victim}: no file at {path}. {official_file(victim).source}")
                 failed += 1
                 continue
         else:
@@ -84,6 +88,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
+    from advwm.weights.fetch import fetch  # torch: the download is checked against the network's layout
+
     lines = fetch(
         args.victim_name,
         url=args.url,
@@ -122,13 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check files against the victims' layouts. No target: every victim's file that is present.",
     )
     check.add_argument("targets", nargs="*", metavar="name|path")
-    check.add_argument("--victim", choices=VICTIM_NAMES, help="the victim of the path(s) (default: guessed)")
+    check.add_argument("--victim", choices=VICTIMS, help="the victim of the path(s) (default: guessed)")
     fetch_p = sub.add_parser(
         "fetch", parents=[common, arch], help="download, verify and install a victim's file (direct URLs only)",
         description="Download to a temporary file next to the destination, verify (sha256 if known, then keys and "
         "shapes), and move it into place. An existing file that verifies is kept unless --force.",
     )
-    fetch_p.add_argument("victim_name", choices=VICTIM_NAMES, metavar="name", help=f"one of {', '.join(VICTIM_NAMES)}")
+    fetch_p.add_argument("victim_name", choices=VICTIMS, metavar="name", help=f"one of {', '.join(VICTIMS)}")
     fetch_p.add_argument("--url", help="download from here instead of the registry's URL")
     fetch_p.add_argument("--dest", help="destination file or folder (default: the victim's default path)")
     fetch_p.add_argument("--sha256", help="expected sha256 of the downloaded bytes (the archive, if any)")
@@ -142,10 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        args.arch = parse_arch(getattr(args, "arch", None))
-    except ValueError as err:
-        parser.error(str(err))
+    if getattr(args, "arch", None) is not None:  # check and fetch (they load torch anyway)
+        from advwm.weights.layout import parse_arch
+
+        try:
+            args.arch = parse_arch(args.arch)
+        except ValueError as err:
+            parser.error(str(err))
     commands = {"list": cmd_list, "check": cmd_check, "fetch": cmd_fetch}
     try:
         return commands[args.command](args)

@@ -11,19 +11,13 @@ import yaml
 from torch import nn
 
 from advwm.victims.registry import VictimSpec, get_spec
+from advwm.weights.catalog import FILES
 from advwm.weights.errors import ToolError, one_line
 
 TRACKED = "num_batches_tracked"
 
 # How each official file holds the generator (the runtime loader unwraps these; see victims/checkpoints.py).
-CONTAINERS: dict[str, str] = {
-    "stargan": "bare state_dict",
-    "attgan": "{'G': state_dict}",
-    "aggan": "bare state_dict",
-    "stgan": "{'state_dict': ..., 'optimizer': ...}, keys 'module.'-prefixed",
-    "ugatit": "U-GAT-IT params {'genA2B', 'genB2A', discriminators}; genA2B is used by default",
-    "hisd": "{'gen', 'gen_test'}; 'gen_test' is used",
-}
+CONTAINERS: dict[str, str] = {name: entry.container for name, entry in FILES.items()}
 # Container keys that each hold a generator of the victim's architecture, all checked when present.
 GENERATOR_KEYS: dict[str, tuple[str, ...]] = {"ugatit": ("genA2B", "genB2A")}
 

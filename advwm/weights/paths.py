@@ -2,7 +2,7 @@
 
 `weights_dir` is `<project root>/weights` as `paths.weights_dir` in conf/paths/default.yaml; the project
 root is `$ADVWM_ROOT`, else the advwm checkout (see `advwm.project`), so the answer does not depend on the
-working directory.
+working directory. No torch here (`advwm.weights.catalog` holds the file names).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from advwm.project import project_root
-from advwm.victims.registry import get_spec
+from advwm.weights.catalog import official_file
 
 
 def weights_dir(override: str | Path | None = None) -> Path:
@@ -22,4 +22,4 @@ def weights_dir(override: str | Path | None = None) -> Path:
 
 def default_path(name: str, root: str | Path | None = None) -> Path:
     """Where advwm looks for a victim's official file by default: `<weights_dir>/<victim>/<file>`."""
-    return weights_dir(root) / name / get_spec(name).checkpoint_file
+    return weights_dir(root) / name / official_file(name).checkpoint_file
