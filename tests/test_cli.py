@@ -77,7 +77,7 @@ def test_help_weights_list_and_config_errors_do_not_load_torch_or_lightning(args
     ("seeed=3", "error: seeed is not a key of this config: did you mean seed? (seed=3)"),
     ("victims.stargan.archh.conv_dim=8", "error: victims.stargan.archh.conv_dim is not a key of this config: did you "
                                          "mean victims.stargan.arch.conv_dim? (victims.stargan.arch.conv_dim=8)"),
-    ("attack=pgdd", "error: attack=pgdd: no such choice; did you mean attack=pgd? (attack: apgd, di2fgsm, ifgsm, "
+    ("attack=pgdd", "error: attack=pgdd: no such choice; did you mean attack=pgd? (attack: adam, apgd, di2fgsm, ifgsm, "
                     "mdi2fgsm, mifgsm, pgd)"),
     ("attack.optimizer.decay=0.5", "error: attack.optimizer.decay is a key of attack=mdi2fgsm | mifgsm, not of "
                                    "attack=pgd: choose attack=mdi2fgsm to set it"),

@@ -133,10 +133,10 @@ def test_a_second_run_in_a_busy_folder_stops_at_once_and_a_killed_run_resumes_th
         first.send_signal(signal.SIGKILL)  # killed mid-run: the kernel frees the lock
         first.wait(timeout=1800)
     assert not (folder / "metrics.json").exists()
-    assert_whole(folder)  # killed mid-run: still no half-written file
+    assert_whole(folder, killed=True)  # killed mid-run: still no half-written file
     epoch = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["epoch"]
     resumed = run_cli([*TINY, f"trainer.max_epochs={epoch + 1}", f"ckpt_path={folder / 'checkpoints' / 'last.ckpt'}",
                        f"hydra.run.dir={folder}"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((folder / "metrics.json").read_text())["steps"] == 2 * (epoch + 1)
-    assert_whole(folder)
+    assert_whole(folder)  # a temporary file the kill left is gone: the resumed run removed it

@@ -41,7 +41,6 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from advwm.attacks.aggregators.base import Aggregator, Iteration
-from advwm.attacks.aggregators.combining import CombiningAggregator
 from advwm.attacks.generator import PerturbationGenerator
 from advwm.attacks.module import WatermarkAttack
 from advwm.attacks.scopes import Scope
@@ -126,7 +125,7 @@ class Amortized(Scope):
         if not attack.trains_generator:
             raise ValueError(f"scope=amortized trains a generator's weights with a gradient optimiser, and "
                              f"{attack.label} takes sign steps on one perturbation: choose attack=adam")
-        if not isinstance(aggregator, CombiningAggregator):
+        if not aggregator.combines_into_one_direction:
             raise ValueError("scope=amortized back-propagates one combined direction per face into the generator, and "
                              "CMUA fusion blends sign-step proposals of a single watermark, which a generator does not "
                              "have: choose aggregator=mgda, uniform, iterative or single")

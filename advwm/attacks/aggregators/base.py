@@ -48,6 +48,9 @@ class Aggregator(ABC):
     #: whether the iteration goes through the engine's `victim_gradient` (so the engine computes every victim's
     #: conditions and clean outputs per batch, and EOT can wrap the gradient); the released loop runs its own
     uses_engine_gradients: bool = True
+    #: whether each iteration ends in one combined direction per row (what a generator can back-propagate);
+    #: CMUA fusion instead blends per-victim sign-step proposals of a single watermark
+    combines_into_one_direction: bool = False
 
     def repeats(self, iterations: int) -> int:
         """How many training steps one batch gets (the data module repeats it that often)."""

@@ -29,6 +29,8 @@ __all__ = ["MGDA", "CombiningAggregator", "Iterative", "Single", "Uniform"]
 class CombiningAggregator(Aggregator):
     """Gradients of the needed victims -> regulariser -> `combine` -> one base-attack step."""
 
+    combines_into_one_direction = True
+
     def needed(self, step: int, num: int) -> list[int]:
         """Indices of the victims whose gradient this step uses (default: all), so only those run a backward."""
         return list(range(num))
