@@ -98,6 +98,9 @@ def study_difference(saved: Mapping[str, Any], current: Mapping[str, Any]) -> st
 def storage_problem(url: str) -> str | None:
     """A study storage that is not a database (a folder, a text file, a damaged SQLite file), in one line."""
     shown = mask_password(url)
+    if "://" not in url:
+        return (f"{STORAGE_KEY}={shown} is not a database URL: give one, e.g. {STORAGE_KEY}=sqlite:///"
+                f"{Path(url).expanduser().absolute()} (a file) or postgresql://user@host/db (a cluster's database)")
     if not url.startswith("sqlite:///"):
         return None
     path = Path(url[len("sqlite:///"):])

@@ -275,6 +275,9 @@ def resolve_weights(name: str, entry: Mapping[str, Any]) -> tuple[str | None, st
     return (None if path is None else str(path)), None
 
 
+RANDOM_WEIGHTS_HINT = "add weights=random for a smoke run with random victims"  # protect --craft names its option
+
+
 def missing_weights_message(missing: Mapping[str, Any]) -> str:
     """One line for every victim whose official file is missing: where it was looked for, how to get it."""
     parts = []
@@ -284,7 +287,7 @@ def missing_weights_message(missing: Mapping[str, Any]) -> str:
         parts.append(f"{name} ({path}; {how})")
     return (f"no official weights for {len(missing)} victim(s): " + "; ".join(parts) + ". Place each file there or "
             "pass victims.<name>.checkpoint=/path/to/file (`python -m advwm.weights list` shows every file and "
-            "source), or add weights=random for a smoke run with random victims")
+            f"source), or {RANDOM_WEIGHTS_HINT}")
 
 
 def weight_sources(cfg: DictConfig) -> tuple[dict[str, tuple[str | None, str]], dict[str, Any]]:

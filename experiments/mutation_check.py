@@ -192,6 +192,16 @@ MUTATIONS = [
              "return [(row + 1e-3).unsqueeze(0).repeat(batch, 1) for row in self.condition_rows]",
              ("tests/test_victims_fixtures.py", "tests/test_cmua_reference.py")),
     *AMORTIZED,
+    # the reliability corpus (tests/corpus.py through tests/test_corpus.py)
+    Mutation("protection.csv splits a name holding a carriage return", "advwm/protect/ledger.py",
+             'lineterminator="\\r\\n")', 'lineterminator="\\n")', ("tests/test_corpus.py", "-k", "hostile")),
+    Mutation("protect prints photo names' escape sequences raw", "advwm/protect/cli.py",
+             "tqdm.write(console_text(line),", "tqdm.write(line,", ("tests/test_corpus.py", "-k", "hostile")),
+    Mutation("a study storage that is not a URL passes the check", "advwm/studies.py",
+             '    if "://" not in url:', '    if False:', ("tests/test_corpus.py", "-k", "storage")),
+    Mutation("a held signal not delivered when crafting ends", "advwm/run_files/signals.py",
+             "    if not holding and _state.pending is not None:", "    if False:",
+             ("tests/test_corpus.py", "-k", "signal")),
 ]
 
 

@@ -359,3 +359,126 @@ CHECKPOINT_CASES: list[FileCase] = [
     FileCase("checkpoint_truncated", lambda m: _torch_bytes({"w": torch.zeros(8)})[:100], reason="truncated"),
     FileCase("checkpoint_runs_code", lambda m: _torch_bytes({"G": RunsCode(m)}), reason="weights_only=True"),
 ]
+
+
+# ---- study storages -----------------------------------------------------------------------------------------
+
+def _damaged_sqlite(path: Path) -> None:
+    """An SQLite file whose header is right and whose second page is overwritten (a disk error, a bad copy)."""
+    import sqlite3
+
+    connection = sqlite3.connect(path)
+    connection.executescript("CREATE TABLE t (x); " + "".join(f"INSERT INTO t VALUES ({i});" for i in range(2000)))
+    connection.commit()
+    connection.close()
+    data = bytearray(path.read_bytes())
+    data[4096:8192] = b"\xff" * 4096
+    path.write_bytes(bytes(data))
+
+
+def _other_application_sqlite(path: Path) -> None:
+    import sqlite3
+
+    connection = sqlite3.connect(path)
+    connection.executescript("CREATE TABLE photos (name TEXT); INSERT INTO photos VALUES ('a.jpg');")
+    connection.commit()
+    connection.close()
+
+
+@dataclass(frozen=True)
+class StorageCase:
+    """A value of `hparams_search_storage` (made in a temporary folder) and what the search must say about it."""
+
+    name: str
+    make: Callable[[Path], str]  # temporary folder -> the storage URL
+    reason: str = ""  # words of the one-line refusal; empty = a usable storage
+    hidden: str = ""  # text that must not appear in the line (a password)
+
+
+def _sqlite_file(filename: str, write: Callable[[Path], None] | None = None) -> Callable[[Path], str]:
+    def make(folder: Path) -> str:
+        path = folder / filename
+        if write is not None:
+            write(path)
+        return f"sqlite:///{path}"
+    return make
+
+
+STORAGE_CASES: list[StorageCase] = [
+    StorageCase("new_file", _sqlite_file("study.db")),
+    StorageCase("empty_file", _sqlite_file("empty.db", lambda p: p.write_bytes(b""))),  # SQLite: an empty database
+    StorageCase("other_application", _sqlite_file("photos.db", _other_application_sqlite)),
+    StorageCase("text_file", _sqlite_file("notes.db", lambda p: p.write_text("just some notes\n" * 100)),
+                reason="is not an SQLite database"),
+    StorageCase("jpeg_named_db", _sqlite_file("face.db", lambda p: _save(Image.fromarray(pattern()), p, format="JPEG")),
+                reason="is not an SQLite database"),
+    StorageCase("gzip_of_a_database", _sqlite_file("study.db.gz", lambda p: p.write_bytes(
+        __import__("gzip").compress(b"SQLite format 3\x00" + bytes(4080)))), reason="is not an SQLite database"),
+    StorageCase("folder", _sqlite_file("runs.db", lambda p: p.mkdir()), reason="is a folder, not an SQLite file"),
+    StorageCase("link_to_folder", _sqlite_file("linked.db", lambda p: (p.parent / "real").mkdir() or
+                                               p.symlink_to(p.parent / "real")), reason="is a folder"),
+    StorageCase("damaged_sqlite", _sqlite_file("broken.db", _damaged_sqlite), reason="is a damaged SQLite database"),
+    StorageCase("header_only", _sqlite_file("cut.db", lambda p: p.write_bytes(b"SQLite format 3\x00" + bytes(84))),
+                reason="is a damaged SQLite database"),
+    StorageCase("missing_folder", lambda f: f"sqlite:///{f / 'nowhere' / 'study.db'}", reason="does not exist"),
+    StorageCase("no_such_driver", lambda f: "mysql+nodriver://me:hunter2@db.example/studies",
+                reason="cannot open it as a study storage", hidden="hunter2"),
+    StorageCase("not_a_url", lambda f: "study.db", reason="is not a database URL: give one, e.g. "
+                "hparams_search_storage=sqlite:///"),
+]
+
+
+# ---- signals, phase by phase ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SignalCase:
+    """A stop signal arriving while a process is in `phase` (the names advwm's runs give their phases)."""
+
+    phase: str
+    signum: int
+    held: bool = False  # crafting: the signal waits for the iteration in progress to end
+
+    @property
+    def name(self) -> str:
+        import signal
+
+        return f"{self.phase.replace(' ', '_')}-{signal.Signals(self.signum).name}"
+
+
+def _signal_cases() -> list[SignalCase]:
+    import signal
+
+    phases = ("starting", "crafting", "judging", "saving the results", "protecting photos", "starting or between runs")
+    return [SignalCase(phase, signum, held=phase == "crafting") for phase in phases
+            for signum in (signal.SIGTERM, signal.SIGINT)]
+
+
+SIGNAL_CASES: list[SignalCase] = _signal_cases()
+
+
+# ---- hostile strings ------------------------------------------------------------------------------------------
+
+# (raw string, what a reader must see): written out by hand, not computed by advwm's escaping. Used as run folder
+# names, config values, titles and study names (tests/test_report_hostile.py) and as photo names (test_corpus.py).
+HOSTILE_STRINGS: list[tuple[str, str]] = [
+    ("<script>alert(1)</script>", "<script>alert(1)</script>"),
+    ("<img src=x onerror=alert(1)>", "<img src=x onerror=alert(1)>"),
+    ("x' onmouseover='alert(1)", "x' onmouseover='alert(1)"),
+    ('q" onfocus="alert(1)', 'q" onfocus="alert(1)'),
+    ("[click](javascript:alert(1))", "[click](javascript:alert(1))"),
+    ("![pic](javascript:alert(1))", "![pic](javascript:alert(1))"),
+    ("<https://evil.example/x>", "<https://evil.example/x>"),
+    ("`code` and ``more``", "`code` and ``more``"),
+    ("a | b | c", "a | b | c"),
+    ("*bold* _em_ ~~gone~~", "*bold* _em_ ~~gone~~"),
+    ("&lt;b&gt; &amp; &#60;", "&lt;b&gt; &amp; &#60;"),
+    ("<!-- open comment", "<!-- open comment"),
+    ("line1\nline2", "line1\\nline2"),
+    ("cr\rtab\tend", "cr\\rtab\\tend"),
+    ("\x1b[31mred\x1b[0m", "\\x1b[31mred\\x1b[0m"),
+    ("bidi \u202egnp.exe", "bidi \\u202egnp.exe"),
+    ("émoji 🙂 日本語 Ωmega", "émoji 🙂 日本語 Ωmega"),
+    ("$x$ and $\\frac{1}{$", "$x$ and $\\frac{1}{$"),
+    ("back\\slash\\", "back\\slash\\"),
+    ("long_" + "x" * 180, "long_" + "x" * 180),
+]

@@ -1,14 +1,20 @@
-"""The generated corpus (tests/corpus.py) through `data=folder`, `advwm.protect` and the file loaders.
+"""The generated corpus (tests/corpus.py) through `data=folder`, `advwm.protect`, the file loaders, the study storage
+check, the signal handling of each phase, and protect's pages.
 
 Each case's outcome is in corpus.py's table; here every case is checked through the folder data module
 (skipped with a warning naming it, or loaded with the right pixels) and through protect (refused with one
-line, or written with the right size, alpha and bit depth), plus the watermark and checkpoint files.
+line, or written with the right size, alpha and bit depth), plus the watermark and checkpoint files, the values of
+`hparams_search_storage` (usable, or one line naming the key), a SIGTERM or SIGINT in each phase a run names
+(exit status 128 + n and one line; crafting holds it to the iteration's end), and hostile photo names through
+protect's index.html and protection.csv. The same signals in real processes: tests/test_signals.py; the hostile
+strings through the report: tests/test_report_hostile.py.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +23,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from corpus import CHECKPOINT_CASES, PHOTO_CASES, WATERMARK_CASES, PhotoCase, make_photo_corpus, pattern, v1
+from corpus import (CHECKPOINT_CASES, HOSTILE_STRINGS, PHOTO_CASES, SIGNAL_CASES, STORAGE_CASES, WATERMARK_CASES,
+                    PhotoCase, SignalCase, StorageCase, make_photo_corpus, pattern, v1)
 from PIL import Image
 
 from advwm.data import ImageFolderDataModule
@@ -210,3 +217,123 @@ def test_broken_checkpoints_are_refused_in_one_line(case, tmp_path: Path) -> Non
         load_checkpoint_into("stargan", torch.nn.Linear(2, 2), path)
     assert "\n" not in str(caught.value) and case.reason in str(caught.value)
     assert not marker.exists()
+
+
+# ---- the corpus as a whole ----------------------------------------------------------------------------------------
+
+def test_the_corpus_has_every_kind_and_at_least_40_cases() -> None:
+    kinds = {"photos": PHOTO_CASES, "watermark files": WATERMARK_CASES, "checkpoints": CHECKPOINT_CASES,
+             "study storages": STORAGE_CASES, "signals": SIGNAL_CASES, "hostile strings": HOSTILE_STRINGS}
+    assert all(len(cases) >= 3 for cases in kinds.values()), {kind: len(cases) for kind, cases in kinds.items()}
+    assert sum(len(cases) for cases in kinds.values()) >= 40
+    for kind in ("photos", "watermark files", "checkpoints", "study storages", "signals"):
+        names = [case.name for case in kinds[kind]]
+        assert len(names) == len(set(names)), kind  # each case is its own test id
+    assert {case.phase for case in SIGNAL_CASES} >= {"starting", "crafting", "judging", "saving the results",
+                                                      "protecting photos", "starting or between runs"}
+
+
+# ---- study storages ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", STORAGE_CASES, ids=lambda c: c.name)
+def test_study_storages_are_usable_or_refused_in_one_line_naming_the_key(case: StorageCase, tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from advwm.studies import STORAGE_KEY, study_problem
+
+    url = case.make(tmp_path)
+    problem = study_problem(OmegaConf.create({STORAGE_KEY: url, "study_name": "corpus"}))
+    if not case.reason:
+        assert problem is None
+        return
+    assert problem is not None and "\n" not in problem and problem.startswith(f"{STORAGE_KEY}=")
+    assert case.reason in problem, problem
+    if case.hidden:
+        assert case.hidden not in problem and "***" in problem
+
+
+# ---- signals, phase by phase ----------------------------------------------------------------------------------------
+
+def _deliver(signum: int) -> None:
+    """Send `signum` to this process and give Python the chance to run its handler (at the next bytecode)."""
+    import signal as signal_module
+    import time
+
+    signal_module.pthread_kill(threading_main_ident(), signum)
+    for _ in range(100):
+        time.sleep(0.001)
+
+
+def threading_main_ident() -> int:
+    import threading
+
+    return threading.main_thread().ident or 0
+
+
+@pytest.mark.parametrize("case", SIGNAL_CASES, ids=lambda c: c.name)
+def test_a_stop_signal_in_each_phase_ends_with_128_plus_n_and_one_line(case: SignalCase, capsys) -> None:
+    from advwm.run_files import signals
+
+    reached_the_end_of_crafting = False
+    with pytest.raises(SystemExit) as ended:
+        with signals.ending_cleanly("starting or between runs"):
+            signals.set_phase(case.phase, holding=case.held)
+            _deliver(case.signum)
+            if case.held:  # crafting: nothing stops before the iteration in progress ends
+                assert "stopping when the iteration in progress ends" in capsys.readouterr().err
+                reached_the_end_of_crafting = True
+                signals.set_phase("saving the results")  # crafting ended: its files are written, the stop comes
+            raise AssertionError("the signal did not stop the run")
+    name = signal.Signals(case.signum).name
+    assert ended.value.code == 128 + case.signum
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    phase = "saving the results" if case.held else case.phase
+    assert lines[-1].startswith(f"error: stopped by {name} while {phase}: "), lines
+    assert reached_the_end_of_crafting == case.held
+    assert signal.getsignal(case.signum) is not signals._stop_handler  # the handlers before it are back
+
+
+# ---- hostile photo names through protect ---------------------------------------------------------------------------
+
+def test_hostile_photo_names_are_text_on_protects_page_and_round_trip_through_its_table(tmp_path: Path,
+                                                                                          capsys) -> None:
+    from html.parser import HTMLParser
+
+    from advwm.protect.cli import main as protect
+    from advwm.protect import ledger
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    names = [raw.replace("/", "∕") + ".png" for raw, _ in HOSTILE_STRINGS]  # "/" is the one byte a name cannot hold
+    for name in names:
+        Image.fromarray(pattern()).save(photos / name)
+    torch.save(v1(torch.zeros(3, 16, 16)), tmp_path / "watermark.pt")
+    out = tmp_path / "out"
+    assert protect([str(tmp_path / "watermark.pt"), str(photos), "--out", str(out), "--no-detect"]) == 0
+    said = capsys.readouterr()
+    for raw, seen in HOSTILE_STRINGS:  # the terminal: control and bidi characters as escapes, one line per photo
+        assert seen.replace("/", "∕") in said.out, seen
+    assert not [char for char in said.out + said.err if char != "\n" and (ord(char) < 32 or char == "\u202e")]
+
+    class Tags(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__(convert_charrefs=True)
+            self.tags: list[tuple[str, dict]] = []
+            self.text: list[str] = []
+
+        def handle_starttag(self, tag: str, attrs: list) -> None:
+            self.tags.append((tag, dict(attrs)))
+
+        def handle_data(self, data: str) -> None:
+            self.text.append(data)
+
+    page = Tags()
+    page.feed((out / "index.html").read_text(encoding="utf-8"))
+    assert {tag for tag, _ in page.tags} <= {"html", "head", "meta", "title", "style", "body", "h1", "h2", "p", "div",
+                                             "table", "tr", "th", "td", "figure", "figcaption", "img", "a", "span"}
+    assert not [attrs for _, attrs in page.tags if any(key.startswith("on") for key in attrs)]
+    shown = "".join(page.text)
+    rows = ledger.read(out)
+    for (raw, seen), name in zip(HOSTILE_STRINGS, names, strict=True):
+        assert seen.replace("/", "∕") + ".png" in shown, seen  # as text, control characters as visible escapes
+        assert name in rows, name  # protection.csv gives it back exactly (a rerun skips it)

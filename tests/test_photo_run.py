@@ -178,3 +178,20 @@ def test_a_stopped_per_image_run_keeps_its_photos_and_the_resumed_run_writes_the
     craft(uninterrupted)
     assert (tmp_path / "once" / "protected" / "portrait.jpg.png").read_bytes() == \
         (out / "protected" / "portrait.jpg.png").read_bytes()  # resuming gives the uninterrupted photo
+
+
+def test_craft_without_the_official_weights_is_one_line_in_protects_own_options(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(astronaut()).save(folder / "portrait.jpg", quality=95)
+    weights = tmp_path / "no_weights"
+    result = subprocess.run([sys.executable, "-m", "advwm.protect", str(folder), "--out", str(tmp_path / "out"),
+                             "--craft", "--victims", "stargan", f"--set=paths.weights_dir={weights}"],
+                            cwd=REPO, capture_output=True, text=True, timeout=1800,
+                            env={**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"})
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: no official weights for 1 victim(s): stargan (")
+    assert "pass --set victims.<name>.checkpoint=" in line and line.endswith(
+        "or add --weights random for a smoke run with random victims")
+    assert not (tmp_path / "out").exists()

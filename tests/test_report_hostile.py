@@ -23,33 +23,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from corpus import HOSTILE_STRINGS
 from test_report import CHROMIUM, VIEWPORT, chromium, config_of, page_width
 
 REPO = Path(__file__).resolve().parents[1]
 
-# (raw string, what a reader must see): written out by hand, not computed by advwm's escaping
-HOSTILE: list[tuple[str, str]] = [
-    ("<script>alert(1)</script>", "<script>alert(1)</script>"),
-    ("<img src=x onerror=alert(1)>", "<img src=x onerror=alert(1)>"),
-    ("x' onmouseover='alert(1)", "x' onmouseover='alert(1)"),
-    ('q" onfocus="alert(1)', 'q" onfocus="alert(1)'),
-    ("[click](javascript:alert(1))", "[click](javascript:alert(1))"),
-    ("![pic](javascript:alert(1))", "![pic](javascript:alert(1))"),
-    ("<https://evil.example/x>", "<https://evil.example/x>"),
-    ("`code` and ``more``", "`code` and ``more``"),
-    ("a | b | c", "a | b | c"),
-    ("*bold* _em_ ~~gone~~", "*bold* _em_ ~~gone~~"),
-    ("&lt;b&gt; &amp; &#60;", "&lt;b&gt; &amp; &#60;"),
-    ("<!-- open comment", "<!-- open comment"),
-    ("line1\nline2", "line1\\nline2"),
-    ("cr\rtab\tend", "cr\\rtab\\tend"),
-    ("\x1b[31mred\x1b[0m", "\\x1b[31mred\\x1b[0m"),
-    ("bidi \u202egnp.exe", "bidi \\u202egnp.exe"),
-    ("émoji 🙂 日本語 Ωmega", "émoji 🙂 日本語 Ωmega"),
-    ("$x$ and $\\frac{1}{$", "$x$ and $\\frac{1}{$"),
-    ("back\\slash\\", "back\\slash\\"),
-    ("long_" + "x" * 180, "long_" + "x" * 180),
-]
+HOSTILE = HOSTILE_STRINGS  # tests/corpus.py: (raw string, what a reader must see)
 FOLDER_ONLY = [(os.fsdecode(b"caf\xe9-latin1"), "caf\\xe9-latin1")]  # a name that is not UTF-8 (bytes on disk)
 # the report's own tags: md through markdown-it, and report.html
 ALLOWED_TAGS = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "h4", "h5", "h6", "p", "div",

@@ -41,6 +41,7 @@ from advwm.protect.generator import TrainedGenerator, generator_eps
 from advwm.protect.paste import face_squares
 from advwm.protect.photos import CENTRAL, DETECTED, PhotoFolder, output_name
 from advwm.protect.protectors import Protector, UniversalWatermark
+from advwm.report.text import console_text
 from advwm.run_files.generator_file import GeneratorError, GeneratorFile, holds_generator, load_generator
 from advwm.run_files.watermark_file import EPS_TOLERANCE, WatermarkError, WatermarkFile, load_watermark
 
@@ -250,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (WatermarkError, GeneratorError) as error:
         return _fail(str(error))
     for warning in getattr(watermark, "warnings", []):
-        print(f"warning: {warning}", file=sys.stderr)
+        print(console_text(f"warning: {warning}"), file=sys.stderr)
     if watermark.random_victims:
         print(RANDOM_VICTIMS_WARNING.format(names=", ".join(watermark.random_victims)), file=sys.stderr)
     try:
@@ -276,9 +277,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for warning in outcome.warnings:
             _say(warning, error=True)
         _say(outcome.line, error=outcome.kind in ("refused", "no face"))
-    print(f"protected {counts['protected']} photo(s) into {out}; {counts['refused']} refused, {counts['no face']} "
-          f"without a face (written back unchanged), {counts['skipped']} already protected (skipped); "
-          f"table: {out / ledger.TABLE}, contact sheet: {out / 'index.html'}")
+    _say(f"protected {counts['protected']} photo(s) into {out}; {counts['refused']} refused, {counts['no face']} "
+         f"without a face (written back unchanged), {counts['skipped']} already protected (skipped); "
+         f"table: {out / ledger.TABLE}, contact sheet: {out / 'index.html'}")
     return 1 if counts["refused"] or not (counts["protected"] or counts["skipped"]) else 0
 
 
@@ -401,11 +402,13 @@ def _progress(jobs: Sequence[Job]):
 
 
 def _say(line: str, error: bool = False) -> None:
+    """One line to the terminal, with photo names' control and bidi characters shown as escapes (a file named
+    with an escape sequence must not recolour, move or reorder what the person reads)."""
     from tqdm.auto import tqdm
 
-    tqdm.write(line, file=sys.stderr if error else sys.stdout)
+    tqdm.write(console_text(line), file=sys.stderr if error else sys.stdout)
 
 
 def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    print(console_text(f"error: {message}"), file=sys.stderr)
     return 1

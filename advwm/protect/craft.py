@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from advwm.protect import ledger
 from advwm.protect.photos import output_name
+from advwm.report.text import console_text
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 RECIPE = ("scope=per_image", "data=folder", "aggregator=mgda", "regularizer=penalty", "attack=ifgsm",
@@ -120,13 +121,21 @@ def add_log_file(run_dir: Path) -> logging.Handler:
     return handler
 
 
+def in_protect_words(message: str) -> str:
+    """A run's one-line error with its overrides said as protect's options (`--weights random`, `--set k=v`)."""
+    from advwm.validation import RANDOM_WEIGHTS_HINT
+
+    return (message.replace(RANDOM_WEIGHTS_HINT, "add --weights random for a smoke run with random victims")
+            .replace("pass victims.<name>.checkpoint=", "pass --set victims.<name>.checkpoint="))
+
+
 def craft_photos(settings: CraftSettings, root: Path, names: Sequence[str], sources: Sequence[Path],
                  out: Path) -> int:
     """Protect the photos `names` (relative to `root`) into `out`; the exit status (0 when all are protected)."""
     import sys
 
     from advwm.pipeline import craft
-    from advwm.run import USER_ERRORS, quiet_third_party_noise, weights_banner
+    from advwm.run import quiet_third_party_noise, user_error, weights_banner
     from advwm.validation import check_config
 
     run_dir = run_folder(out)
@@ -135,9 +144,9 @@ def craft_photos(settings: CraftSettings, root: Path, names: Sequence[str], sour
         digest = settings_of(cfg)
         todo, done = to_do(names, sources, out, digest)
         if done:
-            print(f"{len(done)} photo(s) already protected in {out} with these settings: skipped")
+            print(console_text(f"{len(done)} photo(s) already protected in {out} with these settings: skipped"))
         if not todo:
-            print(f"nothing to do: every photo is protected in {out} (protection.csv)")
+            print(console_text(f"nothing to do: every photo is protected in {out} (protection.csv)"))
             return 0
         cfg = compose(settings, root, todo, out, run_dir)
         quiet_third_party_noise()
@@ -149,15 +158,17 @@ def craft_photos(settings: CraftSettings, root: Path, names: Sequence[str], sour
         finally:
             logging.getLogger().removeHandler(handler)
             handler.close()
-    except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
+    except Exception as error:
+        if not user_error(error):  # a bug: its traceback
+            raise
+        print(console_text(f"error: {in_protect_words(str(error))}"), file=sys.stderr)
         return 1
     rows = ledger.read(out)
     missing = [n for n in todo if n not in rows or not (out / output_name(n)).is_file()]
     faceless = [n for n in todo if rows.get(n, {}).get("status") == ledger.NO_FACE]
-    print(f"protected {len(todo) - len(missing) - len(faceless)} photo(s) into {out} (table: "
-          f"{out / ledger.TABLE}, contact sheet: {out / 'index.html'}); {len(faceless)} without a face (written back "
-          f"unchanged), {len(done)} skipped (done before), {len(missing)} not protected")
+    print(console_text(f"protected {len(todo) - len(missing) - len(faceless)} photo(s) into {out} (table: "
+                       f"{out / ledger.TABLE}, contact sheet: {out / 'index.html'}); {len(faceless)} without a face "
+                       f"(written back unchanged), {len(done)} skipped (done before), {len(missing)} not protected"))
     for name in missing:
-        print(f"not protected: {root / name} (unreadable: see the warnings above)", file=sys.stderr)
+        print(console_text(f"not protected: {root / name} (unreadable: see the warnings above)"), file=sys.stderr)
     return 1 if missing else 0

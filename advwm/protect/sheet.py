@@ -4,7 +4,8 @@ For every row of `protection.csv`: the original and the protected photo side by 
 victim the victim's edit of the original face next to its edit of the protected face (the victim's first
 condition, named), with avg_L and SR_mask. The pictures live in `sheet/<photo>/` beside the page (photos as
 480 px JPEG thumbnails for display only, edits as PNG at the victims' size) with `sheet.json` naming them, so
-the page can be rebuilt from the folder alone after every photo; every name on the page is HTML-escaped.
+the page can be rebuilt from the folder alone after every photo; every name on the page is HTML-escaped, its control and bidi characters shown as escapes
+(`advwm.report.text.html_text`, the report's).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from advwm.data.decode import DecodedPhoto
 from advwm.protect import ledger
 from advwm.protect.measure import VictimScore
 from advwm.run_files import io
+from advwm.report.text import html_text
 
 PAGE = "index.html"
 FOLDER = "sheet"
@@ -84,22 +86,22 @@ table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;paddin
 
 
 def _figure(out: Path, path: Path, caption: str) -> str:
-    text = html.escape(caption, quote=True)
+    text = html_text(caption)
     return f"<figure><img class='face' alt='{text}' src='{_src(out, path)}'><figcaption>{text}</figcaption></figure>"
 
 
 def _photo_section(out: Path, row: Mapping[str, Any]) -> str:
     name = str(row["photo"])
     folder = sheet_folder(out, name)
-    parts = [f"<div class='photo'><h2>{html.escape(name)}</h2>",
-             f"<p>{html.escape(str(row.get('status', '')))}; faces: {_number(row, 'faces')}; "
+    parts = [f"<div class='photo'><h2>{html_text(name)}</h2>",
+             f"<p>{html_text(row.get('status', ''))}; faces: {_number(row, 'faces')}; "
              f"PSNR {_number(row, 'psnr')} dB, SSIM {_number(row, 'ssim')}; victims: "
-             f"{html.escape(str(row.get('victims', '')))}</p>"]
+             f"{html_text(row.get('victims', ''))}</p>"]
     scores = [(key.split("/", 1)[1], _number(row, key), _number(row, f"sr_mask/{key.split('/', 1)[1]}"))
               for key in row if key.startswith("avg_l/")]
     if scores:
         parts.append("<table><tr><th>victim</th><th>avg_L</th><th>SR_mask</th></tr>" + "".join(
-            f"<tr><td>{html.escape(v)}</td><td>{a}</td><td>{s}</td></tr>" for v, a, s in scores) + "</table>")
+            f"<tr><td>{html_text(v)}</td><td>{a}</td><td>{s}</td></tr>" for v, a, s in scores) + "</table>")
     pictures = []
     for which in ("original", "protected"):
         path = folder / f"{which}.jpg"
@@ -130,8 +132,8 @@ def write_page(out: Path, rows: Iterable[Mapping[str, Any]], title: str = "Prote
     ordered = sorted(rows, key=lambda r: str(r["photo"]))
     protected = sum(1 for r in ordered if r.get("status") == ledger.PROTECTED)
     body = "\n".join(_photo_section(out, row) for row in ordered)
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html_text(title)}</title>"
+            f"<style>{STYLE}</style></head><body><h1>{html_text(title)}</h1>"
             f"<p>{protected} of {len(ordered)} photo(s) protected. Each victim's edit of the original face is shown "
             "next to its edit of the protected face: where protection works, the second is visibly broken. "
             f"Numbers: <a href='{ledger.TABLE}'>{ledger.TABLE}</a>.</p>\n{body}\n</body></html>\n")
