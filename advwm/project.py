@@ -9,8 +9,9 @@
 4. else `~/advwm`.
 
 So `python -m advwm.run ...` from any folder writes to `<root>/outputs/` and reads `<root>/weights/`.
-Resolvers: `${advwm.root:}` (that root, used by conf/paths/default.yaml) and `${advwm.run_group:<task>}`
-(the W&B group: `<task>`, or `<task>/<multirun folder>` inside a multirun).
+Resolvers: `${advwm.root:}` (that root, used by conf/paths/default.yaml), `${advwm.run_group:<task>}`
+(the W&B group: `<task>`, or `<task>/<multirun folder>` inside a multirun) and `${advwm.size:<official>,<small>}`
+(a victim's architecture value for the top-level `victim_size`: conf/victims/*.yaml).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
 
 ROOT_ENV = "ADVWM_ROOT"
 FALLBACK_ROOT = Path("~/advwm")
@@ -50,8 +53,23 @@ def _run_group(task_name: str) -> str:
     return run_group(task_name)
 
 
+VICTIM_SIZES = ("official", "small")
+
+
+def victim_size_value(official: Any, small: Any, *, _root_: DictConfig) -> Any:
+    """`${advwm.size:<official>,<small>}`: the value for the config's `victim_size`.
+
+    Why a resolver: `experiment=smoke` must shrink whichever victims are chosen (`+victims=[hisd]` too), and a
+    preset cannot set keys of victims it does not know; each victim's file states both sizes next to each other
+    (small = advwm/victims/small.py's, tests/test_configs.py keeps them equal), and a value set on the command line
+    replaces the interpolation, so it still wins. An unknown size falls back to official here; validation names it.
+    """
+    return small if _root_.get("victim_size", "official") == "small" else official
+
+
 def register_resolvers() -> None:
     """Idempotent; done on `import advwm`, so every composed config (CLI, tests, scripts) can use them."""
-    for name, function in (("advwm.root", lambda: str(project_root())), ("advwm.run_group", _run_group)):
+    for name, function in (("advwm.root", lambda: str(project_root())), ("advwm.run_group", _run_group),
+                           ("advwm.size", victim_size_value)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, function)

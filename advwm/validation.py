@@ -30,7 +30,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from advwm.errors import ConfigError
 from advwm.weights.catalog import official_file
@@ -62,6 +62,7 @@ WEIGHT_MODES = ("checkpoint", "random", "auto")
 PRECISIONS = ("32-true", "32", "bf16-mixed")  # = advwm.victims.execution.PRECISIONS
 CHOICES: dict[str, tuple[str, ...]] = {
     "weights": WEIGHT_MODES,
+    "victim_size": ("official", "small"),  # advwm.project.VICTIM_SIZES
     "victims.*.weights": WEIGHT_MODES,
     "scope.batch_reduction": ("sign_mean", "mean"),  # advwm.attacks.scopes.BATCH_REDUCTIONS
     "scope.fused_step": ("mean", "sign"),  # advwm.attacks.scopes.FUSED_STEPS
@@ -198,12 +199,19 @@ def _shown(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
+SIZED_VALUE = "${advwm.size:"  # conf/victims: ${advwm.size:<official>,<small>} (advwm.project.victim_size_value)
+
+
 def type_problems(cfg: DictConfig, reference: DictConfig, skip: set[str] | frozenset[str] = frozenset()) -> list[str]:
     """Each value of `cfg` whose type differs from the same key's default in `reference` (the config composed from
     the same group choices without the person's values): `seed=abc`, `metrics.fid=yes`, `attack.iterations=2.5`."""
     plain = OmegaConf.to_container(reference, resolve=False)
     default = dict(leaves(plain))
     default.update({key: {"": None} for key in groups_of_keys(plain)})  # a group of keys there: not one value here
+    for key, value in list(default.items()):
+        if isinstance(value, str) and value.startswith(SIZED_VALUE):  # a victim's architecture: the size's value
+            chosen = OmegaConf.select(reference, key)
+            default[key] = OmegaConf.to_container(chosen) if isinstance(chosen, ListConfig) else chosen
     problems = []
     for key, value in leaves(OmegaConf.to_container(cfg, resolve=False)):
         if key in skip or is_interpolation(value) or key.startswith("hydra.") or key.endswith("._target_"):

@@ -110,7 +110,7 @@ def test_victim_configs_use_the_registrys_architecture() -> None:
 
     for name, spec in SPECS.items():
         cfg = compose_with(f"+victims=[{name}]").victims[name]
-        for key, value in given(OmegaConf.to_container(cfg.arch or {})).items():
+        for key, value in given(OmegaConf.to_container(cfg.arch or {}, resolve=True)).items():
             if key == "yaml":
                 continue
             assert spec.default_arch.get(key) == value, (name, key)
@@ -336,6 +336,35 @@ def test_the_smoke_preset_is_tiny_random_and_cheap() -> None:
     assert list(cfg.victims) == ["stargan", "attgan"] and cfg.weights == "random"
     assert cfg.image_size == 32 and cfg.attack.iterations == 2 and cfg.task_name == "smoke"
     assert cfg.metrics.fid is False and cfg.metrics.liveness is False and list(cfg.metrics.robustness) == []
+    assert cfg.victim_size == "small"
     for name in cfg.victims:
-        composed = OmegaConf.to_container(cfg.victims[name].arch)
+        composed = OmegaConf.to_container(cfg.victims[name].arch, resolve=True)
         assert {key: composed[key] for key in SMALL_ARCHITECTURES[name]} == SMALL_ARCHITECTURES[name], name
+
+
+# The official architectures' values, written out from the papers' released configs (StarGAN/AGGAN solver.py
+# defaults, AttGAN's and STGAN's 128 px settings, U-GAT-IT main.py, HiSD's celeba-hq_256.yaml: null = the file's).
+OFFICIAL = {"stargan": {"conv_dim": 64, "repeat_num": 6}, "aggan": {"conv_dim": 64, "repeat_num": 6},
+            "attgan": {"enc_dim": 64, "dec_dim": 64, "enc_layers": 5, "dec_layers": 5},
+            "stgan": {"conv_dim": 64, "n_layers": 5, "shortcut_layers": 3},
+            "ugatit": {"ngf": 64, "n_blocks": 4, "light": False},
+            "hisd": {"style_dim": None, "noise_dim": None, "encoder": {"channels": None},
+                     "decoder": {"channels": None}, "translators": {"channels": None},
+                     "extractors": {"channels": None}, "mappers": {"pre_channels": None, "post_channels": None}}}
+
+
+@pytest.mark.parametrize("size", ["official", "small"])
+def test_victim_size_gives_every_victim_its_architecture_and_a_set_value_still_wins(size: str) -> None:
+    """victim_size picks each victim's official or small architecture (small.py's table), whichever victims are
+    chosen (the smoke preset with any victim added is small throughout); a value set on the command line wins."""
+    expected = OFFICIAL if size == "official" else SMALL_ARCHITECTURES
+    cfg = compose_with(f"+victims=[{','.join(OFFICIAL)}]", f"victim_size={size}")
+    for name in OFFICIAL:
+        composed = OmegaConf.to_container(cfg.victims[name].arch, resolve=True)
+        assert {key: composed[key] for key in expected[name]} == expected[name], name
+    smoke = compose_with("experiment=smoke", "+victims=[hisd,ugatit,stgan,aggan]", "victims.stargan.arch.conv_dim=16")
+    assert list(smoke.victims) == ["stargan", "attgan", "hisd", "ugatit", "stgan", "aggan"]
+    for name in smoke.victims:
+        composed = OmegaConf.to_container(smoke.victims[name].arch, resolve=True)
+        wanted = {**SMALL_ARCHITECTURES[name], **({"conv_dim": 16} if name == "stargan" else {})}
+        assert {key: composed[key] for key in wanted} == wanted, name

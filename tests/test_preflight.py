@@ -17,6 +17,7 @@ from advwm import preflight as pre
 from advwm import search, studies
 from advwm.errors import ConfigError
 from advwm.run_files import folder as run_folder
+from advwm.project import VICTIM_SIZES
 from advwm.validation import CHOICES, PRECISIONS, SUCCESS_KINDS, WEIGHT_MODES, objective_problem, type_problems
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,6 +42,7 @@ def test_each_choice_list_is_the_one_the_code_accepts() -> None:
     assert CHOICES["victims.hisd.options.mode"] == MODES and CHOICES["victims.ugatit.options.direction"] == DIRECTIONS
     assert PRECISIONS == ACCEPTED and SUCCESS_KINDS == COMPUTED
     assert CHOICES["weights"] == CHOICES["victims.*.weights"] == WEIGHT_MODES
+    assert CHOICES["victim_size"] == VICTIM_SIZES
     from advwm.callbacks.evaluation import MetricSettings
 
     for value in CHOICES["metrics.fid_reference"]:
