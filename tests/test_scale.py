@@ -27,9 +27,14 @@ def run(args: list[str]) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_two_process_ddp_on_cpu_gives_the_watermark_of_one_process_with_the_same_global_batch(tmp_path: Path) -> None:
-    data = ["data.craft=[astronaut,grace_hopper,astronaut@mirror,grace_hopper@mirror]",
-            "data.evaluate=[grace_hopper,astronaut]", "data.batch_size=4"]
+@pytest.mark.parametrize("held_out", [["data.evaluate=[grace_hopper,astronaut]"],
+                                      # fewer held-out faces than processes: one process judges none (it hung)
+                                      ["data.evaluate=[grace_hopper]", "metrics.robustness=[jpeg75]"]],
+                         ids=["a-face-per-process", "one-face-for-two-processes"])
+def test_two_process_ddp_on_cpu_gives_the_watermark_of_one_process_with_the_same_global_batch(
+        tmp_path: Path, held_out: list[str]) -> None:
+    data = ["data.craft=[astronaut,grace_hopper,astronaut@mirror,grace_hopper@mirror]", *held_out,
+            "data.batch_size=4"]
     run([*TINY, *data, f"hydra.run.dir={tmp_path / 'one'}"])
     run([*TINY, *data, "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
          f"hydra.run.dir={tmp_path / 'ddp'}"])
@@ -39,7 +44,9 @@ def test_two_process_ddp_on_cpu_gives_the_watermark_of_one_process_with_the_same
     assert torch.allclose(one, ddp, atol=1e-6)
     m_one = json.loads((tmp_path / "one" / "metrics.json").read_text())
     m_ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
-    for key in ("judged/stargan", "images_judged", "sr_mask/stargan", "l2_mask/stargan", "steps"):
+    keys = ["judged/stargan", "images_judged", "sr_mask/stargan", "l2_mask/stargan", "avg_l/stargan", "steps"]
+    keys += [key for key in m_one if key.startswith("robust/") and key.endswith("/stargan")]
+    for key in keys:
         assert m_ddp[key] == pytest.approx(m_one[key], rel=1e-5), key  # metrics synchronised over processes
 
 

@@ -38,6 +38,7 @@ from advwm.metrics import (
 )
 from advwm.metrics.robustness import RobustnessJudge, parse_transforms
 from advwm.metrics.success import success_metrics, update_success_metrics
+from advwm.metrics import sync
 
 log = logging.getLogger(__name__)
 
@@ -157,10 +158,13 @@ class Judge:
         """Flat values. Under DDP every process must call this (metrics synchronise on compute)."""
         flat: dict[str, Any] = {}
         distributed = trainer is not None and trainer.world_size > 1
+        reduce = (lambda t: trainer.strategy.reduce(t.to(trainer.strategy.root_device), reduce_op="sum")
+                  ) if distributed else None
+        updated = sync.updated_anywhere(self.metrics, reduce)  # the same on every process (advwm.metrics.sync)
         for key, metric in self.metrics.items():
-            if metric.update_count == 0:
+            if key not in updated:
                 continue
-            value = metric.compute()
+            value = sync.compute(metric)
             if key.startswith("fid/"):
                 victim = key.split("/", 1)[1]
                 flat[key] = float(value["fid"])
@@ -173,10 +177,10 @@ class Judge:
                 flat[key] = float(value)
         for victim in self.victims:
             metric = self.metrics[f"sr_mask/{victim.name}"]
-            if metric.update_count:
+            if f"sr_mask/{victim.name}" in updated:
                 counts = torch.stack([metric.empty.float(), metric.total.float()])
-                if distributed:
-                    counts = trainer.strategy.reduce(counts, reduce_op="sum")
+                if reduce is not None:
+                    counts = reduce(counts)
                 flat[f"empty_mask/{victim.name}"] = int(counts[0].item())
                 flat[f"judged/{victim.name}"] = int(counts[1].item())
         for kind in AVERAGED_OVER_VICTIMS:
@@ -184,12 +188,10 @@ class Judge:
             if values:
                 flat[f"{kind}/mean"] = sum(values) / len(values)
         if self.robustness is not None:
-            flat.update(self.robustness.results(
-                (lambda t: trainer.strategy.reduce(t.to(trainer.strategy.root_device), reduce_op="sum"))
-                if distributed else None))
+            flat.update(self.robustness.results(reduce))
         images = torch.tensor(float(self.images))
-        if distributed:
-            images = trainer.strategy.reduce(images.to(trainer.strategy.root_device), reduce_op="sum")
+        if reduce is not None:
+            images = reduce(images)
         flat["images_judged"] = int(images.item())
         return flat
 

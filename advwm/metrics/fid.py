@@ -254,6 +254,8 @@ class FIDWithCount(FrechetInceptionDistance):
         if int(n_real) < 2 or int(n_fake) < 2:
             fid = torch.tensor(float("nan"), dtype=torch.float64)
         else:
+            if not hasattr(self, "orig_dtype"):  # set by update(): a DDP process that judged no face computes too
+                self.orig_dtype = torch.float32  # (advwm.metrics.sync), with the others' synchronised sums
             fid = super().compute()
         return {"fid": fid, "count_real": n_real, "count_fake": n_fake}
 

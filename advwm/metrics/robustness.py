@@ -33,6 +33,7 @@ from torchmetrics import Metric
 from advwm.attacks.chunking import MicroBatch
 from advwm.attacks.domains import clean_outputs
 from advwm.metrics.success import SUCCESS_KINDS, SuccessThresholds, success_metrics, update_success_metrics
+from advwm.metrics import sync
 
 __all__ = ["ROBUST_METRICS", "RobustnessJudge", "SharingTransform", "parse_transform", "parse_transforms"]
 
@@ -178,14 +179,15 @@ class RobustnessJudge:
     def results(self, reduce: Callable[[Tensor], Tensor] | None = None) -> dict[str, float | int]:
         """Flat values; `reduce` sums a tensor over processes (DDP) for the empty-mask counts."""
         flat: dict[str, float | int] = {}
+        updated = sync.updated_anywhere(self.metrics, reduce)  # the same on every process (advwm.metrics.sync)
         for key, metric in self.metrics.items():
-            if metric.update_count:
-                flat[key] = float(metric.compute())
+            if key in updated:
+                flat[key] = float(sync.compute(metric))
         for transform in self.transforms:
             prefix = f"robust/{transform.name}"
             for victim in self.victims:
                 metric = self.metrics[f"{prefix}/sr_mask/{victim.name}"]
-                if metric.update_count:
+                if f"{prefix}/sr_mask/{victim.name}" in updated:
                     empty = metric.empty.float()
                     flat[f"{prefix}/empty_mask/{victim.name}"] = int((reduce(empty) if reduce else empty).item())
             for kind in AVERAGED_OVER_VICTIMS:
