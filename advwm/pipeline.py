@@ -264,6 +264,7 @@ def _craft(cfg: DictConfig, progress: Progress) -> dict[str, Any]:
         raise ConfigError(f"scope={module.scope.name} is not crafted under DDP: run one device per run and "
                           "parallelise over runs (multirun) instead")
     datamodule = build_datamodule(cfg, module.aggregator.repeats(module.attack.iterations))
+    datamodule.judges_held_out = module.scope.judges_held_out
     datamodule.setup("fit")  # the faces are read now: their list joins the resume signature
     module.signature[CRAFT_FILES] = craft_files_hash(datamodule.craft_items)
     check_craft_files(cfg, module.signature, len(datamodule.craft_items))

@@ -45,6 +45,20 @@ def test_repeated_batch_sampler_repeats_each_batch_in_a_row() -> None:
     assert len(sampler) == 6
 
 
+@pytest.mark.parametrize("judges_held_out", [True, False], ids=["universal", "per-image"])
+def test_no_held_out_face_is_said_only_where_held_out_faces_are_judged(tmp_path: Path, caplog,
+                                                                       judges_held_out: bool) -> None:
+    """All faces crafted on: a universal run judges the crafting faces instead (and says so); a per-image run judges
+    each face it crafted anyway, so the warning would be noise there (the pipeline sets the flag from the scope)."""
+    _write_face(tmp_path / "a.png", (255, 0, 0))
+    module = ImageFolderDataModule(str(tmp_path), n_craft=5, image_size=16, detect=False)
+    module.judges_held_out = judges_held_out
+    with caplog.at_level(logging.WARNING):
+        module.setup()
+    assert [i.name for i in module.eval_items] == ["a.png#1"]
+    assert ("no held-out image; evaluating on the crafting images" in caplog.text) == judges_held_out
+
+
 def test_folder_skips_a_corrupt_image_with_a_warning_and_counts_it(tmp_path: Path, caplog) -> None:
     _write_face(tmp_path / "a.png", (255, 0, 0))
     _write_face(tmp_path / "b.png", (0, 255, 0))

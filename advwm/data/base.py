@@ -194,6 +194,9 @@ class FaceDataModule(LightningDataModule):
         self.skipped: list[str] = []
         self.unlisted: list[str] = []  # entries passed over while listing the source (e.g. symlink loops)
         self.cache = 0  # samples FaceDataset keeps (a subclass whose decoding is costly sets it)
+        # whether the run judges held-out faces (the pipeline sets it from the scope before setup): a per-image run
+        # judges each face it crafted, so an empty held-out split is no news there
+        self.judges_held_out = True
         self._ready = False
 
     def load_items(self) -> tuple[list[FaceItem], list[FaceItem]]:
@@ -217,7 +220,8 @@ class FaceDataModule(LightningDataModule):
             raise NoImagesError(f"{self.source}: no readable image to craft on"
                                 f" ({len(craft)} candidate(s), {len(skipped_craft)} unreadable)")
         if not self.eval_items:
-            log.warning("%s: no held-out image; evaluating on the crafting images", self.source)
+            if self.judges_held_out:
+                log.warning("%s: no held-out image; evaluating on the crafting images", self.source)
             self.eval_items = list(self.craft_items)
         self._ready = True
 

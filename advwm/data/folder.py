@@ -119,7 +119,8 @@ class ImageFolderDataModule(FaceDataModule):
                 self.photos.append(record)
             else:
                 self.faceless.append(record)
-                log.warning("no face found in %s (data.detect=false takes its central square)", path)
+                log.warning("no face found in %s (its central square instead: data.detect=false, or --no-detect with "
+                            "advwm.protect)", path)
         if not self.photos:
             raise NoImagesError(f"{self.source}: no face found in any of its {readable} readable photo(s); "
                                 "data.detect=false protects each photo's central square")
