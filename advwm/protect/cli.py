@@ -48,8 +48,8 @@ from advwm.run_files.watermark_file import EPS_TOLERANCE, WatermarkError, Waterm
 DEFAULT_EPS = 0.05  # conf/config.yaml's eps: what a watermark file without metadata is checked against
 
 RANDOM_VICTIMS_WARNING = (
-    "WARNING: THIS WATERMARK WAS CRAFTED AGAINST RANDOMLY INITIALISED VICTIMS ({names}), NOT THE REAL MODELS: "
-    "it does NOT protect these photos against real face editing. Craft one with the official weights "
+    "WARNING: THIS {what} WAS {made} AGAINST RANDOMLY INITIALISED VICTIMS ({names}), NOT THE REAL MODELS: "
+    "it does NOT protect these photos against real face editing. Make one with the official weights "
     "(README, 'Victims and the official weights')."
 )
 
@@ -253,7 +253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for warning in getattr(watermark, "warnings", []):
         print(console_text(f"warning: {warning}"), file=sys.stderr)
     if watermark.random_victims:
-        print(RANDOM_VICTIMS_WARNING.format(names=", ".join(watermark.random_victims)), file=sys.stderr)
+        what, made = ("GENERATOR", "TRAINED") if isinstance(watermark, GeneratorFile) else ("WATERMARK", "CRAFTED")
+        print(RANDOM_VICTIMS_WARNING.format(what=what, made=made, names=", ".join(watermark.random_victims)),
+              file=sys.stderr)
     try:
         labels = _labels(args.labels)
         _, jobs = plan(args.paths[1:], out)
