@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf

@@ -43,7 +43,7 @@ from torch.optim import Optimizer
 from advwm.attacks.aggregators.base import Aggregator, Iteration
 from advwm.attacks.generator import PerturbationGenerator
 from advwm.attacks.module import WatermarkAttack
-from advwm.attacks.scopes import Scope
+from advwm.attacks.scopes import OneRowPerFace
 from advwm.attacks.steps import BaseAttack, SignStepAttack
 
 __all__ = ["Amortized", "AmortizedAttack", "GeneratorTraining"]
@@ -82,7 +82,7 @@ class GeneratorTraining(BaseAttack):
         return self.optimizer(params, lr=self.step_size)
 
 
-class Amortized(Scope):
+class Amortized(OneRowPerFace):
     """A generator g maps each face to its own perturbation eps * tanh(g(x)); trained on the crafting split, judged
     on the held-out faces (which it never saw), saved as generator.pt.
 
@@ -105,15 +105,6 @@ class Amortized(Scope):
 
     def architecture(self) -> dict[str, Any]:
         return {"width": self.width, "depth": self.depth, "gain": self.gain}
-
-    def rows(self, batch_size: int) -> int:
-        return batch_size
-
-    def reduce(self, grad: Tensor, loss: Tensor) -> tuple[Tensor, Tensor]:
-        return grad, loss
-
-    def loss_rows(self, loss: Tensor) -> Tensor:
-        return loss
 
     def local_step(self, iteration: int, repetition: int) -> int:
         return iteration  # one generator over the whole run

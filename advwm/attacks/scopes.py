@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from advwm.attacks.module import WatermarkAttack
     from advwm.attacks.steps import BaseAttack
 
-__all__ = ["BATCH_REDUCTIONS", "FUSED_STEPS", "PerImage", "Scope", "Universal", "image_level_fusion"]
+__all__ = ["BATCH_REDUCTIONS", "FUSED_STEPS", "OneRowPerFace", "PerImage", "Scope", "Universal", "image_level_fusion"]
 
 BATCH_REDUCTIONS = ("sign_mean", "mean")
 FUSED_STEPS = ("mean", "sign")
@@ -149,13 +149,8 @@ class Universal(Scope):
         return f"Universal(batch_reduction={self.batch_reduction!r}, fused_step={self.fused_step!r})"
 
 
-class PerImage(Scope):
-    """One perturbation per face ([B,3,H,W]): `attack.iterations` steps on each batch, judged on those faces."""
-
-    name = "per_image"
-    judges_held_out = False
-    allows_ddp = False  # parallelise over runs (multirun) instead
-    saves = "perturbations"
+class OneRowPerFace(Scope):
+    """A row per face: each face's gradient and loss are its own row's (per image, and the amortized generator)."""
 
     def rows(self, batch_size: int) -> int:
         return batch_size
@@ -165,6 +160,15 @@ class PerImage(Scope):
 
     def loss_rows(self, loss: Tensor) -> Tensor:
         return loss
+
+
+class PerImage(OneRowPerFace):
+    """One perturbation per face ([B,3,H,W]): `attack.iterations` steps on each batch, judged on those faces."""
+
+    name = "per_image"
+    judges_held_out = False
+    allows_ddp = False  # parallelise over runs (multirun) instead
+    saves = "perturbations"
 
     def local_step(self, iteration: int, repetition: int) -> int:
         return repetition  # t restarts with every batch: the iteration of *this* image

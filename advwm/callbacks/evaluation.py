@@ -35,10 +35,10 @@ from advwm.metrics import (
     inception_weights_path,
     load_hyperfas,
     make_fid,
+    sync,
 )
 from advwm.metrics.robustness import RobustnessJudge, parse_transforms
 from advwm.metrics.success import success_metrics, update_success_metrics
-from advwm.metrics import sync
 
 log = logging.getLogger(__name__)
 

@@ -32,8 +32,8 @@ from torchmetrics import Metric
 
 from advwm.attacks.chunking import MicroBatch
 from advwm.attacks.domains import clean_outputs
-from advwm.metrics.success import SUCCESS_KINDS, SuccessThresholds, success_metrics, update_success_metrics
 from advwm.metrics import sync
+from advwm.metrics.success import SUCCESS_KINDS, SuccessThresholds, success_metrics, update_success_metrics
 
 __all__ = ["ROBUST_METRICS", "RobustnessJudge", "SharingTransform", "parse_transform", "parse_transforms"]
 

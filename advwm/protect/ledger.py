@@ -71,7 +71,9 @@ def render(rows: Iterable[Row]) -> str:
     ordered = sorted(rows, key=lambda r: str(r["photo"]))
     columns = [*FIRST, *victim_columns(ordered), *LAST]
     buffer = text_io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\r\n")  # RFC 4180: a "\r" in a name is quoted too
+    # RFC 4180 line ends: the writer then quotes a field holding "\r" too (with "\n" alone it does not, and a photo
+    # name holding one split its row)
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\r\n")
     writer.writeheader()
     for row in ordered:
         writer.writerow({c: _cell(row.get(c)) for c in columns})

@@ -4,8 +4,8 @@ For every row of `protection.csv`: the original and the protected photo side by 
 victim the victim's edit of the original face next to its edit of the protected face (the victim's first
 condition, named), with avg_L and SR_mask. The pictures live in `sheet/<photo>/` beside the page (photos as
 480 px JPEG thumbnails for display only, edits as PNG at the victims' size) with `sheet.json` naming them, so
-the page can be rebuilt from the folder alone after every photo; every name on the page is HTML-escaped, its control and bidi characters shown as escapes
-(`advwm.report.text.html_text`, the report's).
+the page can be rebuilt from the folder alone after every photo; every name on the page is HTML-escaped, its
+control and bidi characters shown as escapes (`advwm.report.text.html_text`, the report's).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from PIL import Image
 from advwm.data.decode import DecodedPhoto
 from advwm.protect import ledger
 from advwm.protect.measure import VictimScore
-from advwm.run_files import io
 from advwm.report.text import html_text
+from advwm.run_files import io
 
 PAGE = "index.html"
 FOLDER = "sheet"

@@ -16,7 +16,6 @@ that are not finite.
 from __future__ import annotations
 
 import math
-import pickle
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 
 import advwm
 from advwm.attacks.generator import ARCHITECTURE_KEYS, PerturbationGenerator
+from advwm.run_files.torch_file import read_torch_file
 
 FORMAT = "advwm.generator/v1"
 
@@ -135,22 +135,8 @@ def _read(path: Path) -> Any:
     if not path.is_file():
         raise GeneratorError(f"{path} {'is not a file' if path.exists() else 'does not exist'}: pass the generator.pt "
                              "of a finished scope=amortized run")
-    if path.stat().st_size == 0:
-        raise GeneratorError(f"{path} is empty (0 bytes): the run that wrote it did not finish; use another run's "
-                             "generator.pt")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "weights_only" in str(error) or "Unsupported global" in str(error):
-            raise GeneratorError(f"{path} was refused: its pickle would run code or build objects a generator file "
-                                 "never holds (torch.load weights_only=True); only use files advwm wrote") from None
-        raise GeneratorError(f"{path} is not a readable generator file (corrupt pickle: "
-                             f"{_first_line(error)})") from None
-    except Exception as error:  # noqa: BLE001 - truncated zip, not a torch file, I/O error: all "unreadable"
-        raise GeneratorError(f"{path} is not a readable generator file (truncated, or not written by torch.save: "
-                             f"{type(error).__name__}: {_first_line(error)})") from None
+    return read_torch_file(path, GeneratorError, kind="generator file", holder="a generator file", only="files",
+                           file_name="generator.pt")
 
 
 def _number(value: Any) -> bool:
@@ -161,6 +147,3 @@ def _whole(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else "no message"

@@ -15,8 +15,6 @@ refused, and every check failure is a `WatermarkError` whose message is one line
 from __future__ import annotations
 
 import math
-import pickle
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from typing import Any
 import torch
 
 import advwm
+from advwm.run_files.torch_file import read_torch_file
 
 FORMAT = "advwm.watermark/v1"
 SCOPES = ("universal", "per_image")
@@ -100,22 +99,8 @@ def _read(path: Path) -> Any:
         raise WatermarkError(f"{path} does not exist: pass the watermark.pt of a finished run")
     if not path.is_file():
         raise WatermarkError(f"{path} is not a file: pass the watermark.pt of a finished run")
-    if path.stat().st_size == 0:
-        raise WatermarkError(f"{path} is empty (0 bytes): the run that wrote it did not finish; use another run's "
-                             "watermark.pt")
-    try:
-        with warnings.catch_warnings():  # e.g. torch's note on pickle protocols: the refusal below says it all
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "weights_only" in str(error) or "Unsupported global" in str(error):
-            raise WatermarkError(f"{path} was refused: its pickle would run code or build objects a watermark never "
-                                 "holds (torch.load weights_only=True); only use watermark files advwm wrote") from None
-        raise WatermarkError(f"{path} is not a readable watermark file (corrupt pickle: "
-                             f"{_first_line(error)})") from None
-    except Exception as error:  # noqa: BLE001 - truncated zip, not a torch file, I/O error: all "unreadable"
-        raise WatermarkError(f"{path} is not a readable watermark file (truncated, or not written by torch.save: "
-                             f"{type(error).__name__}: {_first_line(error)})") from None
+    return read_torch_file(path, WatermarkError, kind="watermark file", holder="a watermark",
+                           only="watermark files", file_name="watermark.pt")
 
 
 def _interpret(path: Path, raw: Any) -> WatermarkFile:
@@ -190,6 +175,3 @@ def _names(path: Path, names: Any) -> list[str]:
     return list(names)
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else "no message"
