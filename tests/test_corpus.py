@@ -23,8 +23,20 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from corpus import (CHECKPOINT_CASES, HOSTILE_STRINGS, PHOTO_CASES, SIGNAL_CASES, STORAGE_CASES, WATERMARK_CASES,
-                    PhotoCase, SignalCase, StorageCase, make_photo_corpus, pattern, v1)
+from corpus import (
+    CHECKPOINT_CASES,
+    HOSTILE_STRINGS,
+    PHOTO_CASES,
+    SIGNAL_CASES,
+    STORAGE_CASES,
+    WATERMARK_CASES,
+    PhotoCase,
+    SignalCase,
+    StorageCase,
+    make_photo_corpus,
+    pattern,
+    v1,
+)
 from PIL import Image
 
 from advwm.data import ImageFolderDataModule
@@ -299,8 +311,8 @@ def test_hostile_photo_names_are_text_on_protects_page_and_round_trip_through_it
                                                                                           capsys) -> None:
     from html.parser import HTMLParser
 
-    from advwm.protect.cli import main as protect
     from advwm.protect import ledger
+    from advwm.protect.cli import main as protect
 
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -311,7 +323,7 @@ def test_hostile_photo_names_are_text_on_protects_page_and_round_trip_through_it
     out = tmp_path / "out"
     assert protect([str(tmp_path / "watermark.pt"), str(photos), "--out", str(out), "--no-detect"]) == 0
     said = capsys.readouterr()
-    for raw, seen in HOSTILE_STRINGS:  # the terminal: control and bidi characters as escapes, one line per photo
+    for _raw, seen in HOSTILE_STRINGS:  # the terminal: control and bidi characters as escapes, one line per photo
         assert seen.replace("/", "∕") in said.out, seen
     assert not [char for char in said.out + said.err if char != "\n" and (ord(char) < 32 or char == "\u202e")]
 
@@ -334,6 +346,6 @@ def test_hostile_photo_names_are_text_on_protects_page_and_round_trip_through_it
     assert not [attrs for _, attrs in page.tags if any(key.startswith("on") for key in attrs)]
     shown = "".join(page.text)
     rows = ledger.read(out)
-    for (raw, seen), name in zip(HOSTILE_STRINGS, names, strict=True):
+    for (_raw, seen), name in zip(HOSTILE_STRINGS, names, strict=True):
         assert seen.replace("/", "∕") + ".png" in shown, seen  # as text, control characters as visible escapes
         assert name in rows, name  # protection.csv gives it back exactly (a rerun skips it)

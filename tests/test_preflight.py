@@ -16,8 +16,8 @@ from omegaconf import OmegaConf
 from advwm import preflight as pre
 from advwm import search, studies
 from advwm.errors import ConfigError
-from advwm.run_files import folder as run_folder
 from advwm.project import VICTIM_SIZES
+from advwm.run_files import folder as run_folder
 from advwm.validation import CHOICES, PRECISIONS, SUCCESS_KINDS, WEIGHT_MODES, objective_problem, type_problems
 
 REPO = Path(__file__).resolve().parents[1]
