@@ -267,19 +267,12 @@ def test_study_storages_are_usable_or_refused_in_one_line_naming_the_key(case: S
 # ---- signals, phase by phase ----------------------------------------------------------------------------------------
 
 def _deliver(signum: int) -> None:
-    """Send `signum` to this process and give Python the chance to run its handler (at the next bytecode)."""
-    import signal as signal_module
+    """Send `signum` to this (the main) thread; Python runs its handler at the next bytecode, inside the sleep."""
+    import threading
     import time
 
-    signal_module.pthread_kill(threading_main_ident(), signum)
-    for _ in range(100):
-        time.sleep(0.001)
-
-
-def threading_main_ident() -> int:
-    import threading
-
-    return threading.main_thread().ident or 0
+    signal.pthread_kill(threading.main_thread().ident or 0, signum)
+    time.sleep(0.1)
 
 
 @pytest.mark.parametrize("case", SIGNAL_CASES, ids=lambda c: c.name)
