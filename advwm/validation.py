@@ -283,7 +283,9 @@ def resolve_weights(name: str, entry: Mapping[str, Any]) -> tuple[str | None, st
     return (None if path is None else str(path)), None
 
 
-RANDOM_WEIGHTS_HINT = "add weights=random for a smoke run with random victims"  # protect --craft names its option
+# Advice in run overrides that protect --craft says with its own options (advwm.protect.craft.in_protect_words)
+RANDOM_WEIGHTS_HINT = "add weights=random for a smoke run with random victims"
+CHECKPOINT_HINT = "pass victims.<name>.checkpoint"
 
 
 def missing_weights_message(missing: Mapping[str, Any]) -> str:
@@ -294,7 +296,7 @@ def missing_weights_message(missing: Mapping[str, Any]) -> str:
         how = f"`python -m advwm.weights fetch {name}`" if entry.url else entry.source.rstrip(".")
         parts.append(f"{name} ({path}; {how})")
     return (f"no official weights for {len(missing)} victim(s): " + "; ".join(parts) + ". Place each file there or "
-            "pass victims.<name>.checkpoint=/path/to/file (`python -m advwm.weights list` shows every file and "
+            f"{CHECKPOINT_HINT}=/path/to/file (`python -m advwm.weights list` shows every file and "
             f"source), or {RANDOM_WEIGHTS_HINT}")
 
 

@@ -123,10 +123,10 @@ def add_log_file(run_dir: Path) -> logging.Handler:
 
 def in_protect_words(message: str) -> str:
     """A run's one-line error with its overrides said as protect's options (`--weights random`, `--set k=v`)."""
-    from advwm.validation import RANDOM_WEIGHTS_HINT
+    from advwm.validation import CHECKPOINT_HINT, RANDOM_WEIGHTS_HINT
 
     return (message.replace(RANDOM_WEIGHTS_HINT, "add --weights random for a smoke run with random victims")
-            .replace("pass victims.<name>.checkpoint=", "pass --set victims.<name>.checkpoint="))
+            .replace(CHECKPOINT_HINT, "pass --set victims.<name>.checkpoint"))
 
 
 def craft_photos(settings: CraftSettings, root: Path, names: Sequence[str], sources: Sequence[Path],
